@@ -1,0 +1,84 @@
+"""A Kafka consumer service on Melange's Consumer / MessageDispatcher model.
+
+Write consumers, attach them to a dispatcher, and run its loop on a queue::
+
+    registry = SerializerRegistry({"serializers": {"json": JsonSerializer},
+                                   "serializer_bindings": {OrderCreated: "json"}})
+    dispatcher = SimpleMessageDispatcher(MyConsumer(), registry, backend=backend)
+    dispatcher.consume_loop("orders")
+"""
+
+from service.backends import (
+    DeadLetter,
+    DeadLetterReason,
+    InMemoryBackend,
+    MessagingBackend,
+    Subscription,
+    link_synchronously,
+)
+from service.consumers import Consumer, SingleDispatchConsumer, consumer, manifest_of
+from service.dedup import DeduplicationCache, InMemoryCache, NullCache
+from service.dispatcher import DispatchOutcome, MessageDispatcher, SimpleMessageDispatcher
+from service.errors import (
+    BackendError,
+    BrokerUnavailableError,
+    CommitError,
+    ConfigurationError,
+    ConsumerError,
+    DeduplicationStoreError,
+    DeserializationError,
+    MalformedHeaderError,
+    MessageError,
+    MissingHeaderError,
+    ProduceError,
+    SchemaRegistryError,
+    SerializationError,
+    ServiceError,
+    UnknownManifestError,
+    UnknownSerializerError,
+)
+from service.messages import Message
+from service.publisher import Publisher
+from service.retry import RetryPolicy
+from service.serializers import JsonSerializer, Serializer, SerializerRegistry
+
+__all__ = [
+    "BackendError",
+    "BrokerUnavailableError",
+    "CommitError",
+    "ConfigurationError",
+    "Consumer",
+    "ConsumerError",
+    "DeadLetter",
+    "DeadLetterReason",
+    "DeduplicationCache",
+    "DeduplicationStoreError",
+    "DeserializationError",
+    "DispatchOutcome",
+    "InMemoryBackend",
+    "InMemoryCache",
+    "JsonSerializer",
+    "MalformedHeaderError",
+    "Message",
+    "MessageDispatcher",
+    "MessageError",
+    "MessagingBackend",
+    "MissingHeaderError",
+    "NullCache",
+    "ProduceError",
+    "Publisher",
+    "RetryPolicy",
+    "SchemaRegistryError",
+    "SerializationError",
+    "Serializer",
+    "SerializerRegistry",
+    "ServiceError",
+    "SimpleMessageDispatcher",
+    "SingleDispatchConsumer",
+    "Subscription",
+    "UnknownManifestError",
+    "UnknownSerializerError",
+    "consumer",
+    "link_synchronously",
+    "manifest_of",
+]

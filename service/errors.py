@@ -1,0 +1,144 @@
+"""The exception tree of the service: every error it raises derives from ``ServiceError``.
+
+::
+
+    ServiceError
+    ├── ConfigurationError            bad settings or wiring; fix the configuration
+    ├── MessageError                  one message cannot be handled (carries its location)
+    │   ├── MissingHeaderError        a routing header (serializer_id, manifest, message_id) is absent
+    │   ├── MalformedHeaderError      a routing header is present but unreadable
+    │   └── SerializationError        payload <-> object conversion failed
+    │       ├── UnknownSerializerError   no serializer registered under the message's id
+    │       ├── UnknownManifestError     the serializer knows no type for the manifest
+    │       └── DeserializationError     the bytes do not decode
+    ├── ConsumerError                 a consumer raised while processing (original in __cause__)
+    ├── BackendError                  the messaging backend failed
+    │   ├── BrokerUnavailableError    the broker cannot be reached (transient)
+    │   ├── CommitError               an offset commit failed
+    │   └── ProduceError              a record could not be published
+    ├── SchemaRegistryError           the schema registry failed or refused
+    └── DeduplicationStoreError       the deduplication store failed
+
+``MessageError`` subclasses are *permanent*: retrying the same bytes cannot help, so the
+dispatcher dead-letters such a message at once. ``ConsumerError`` and ``BackendError`` may
+pass, so the dispatcher retries them with backoff. Errors from libraries underneath
+(confluent-kafka, fastavro, json) are translated at the boundary with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.messages import Message
+
+__all__ = [
+    "BackendError",
+    "BrokerUnavailableError",
+    "CommitError",
+    "ConfigurationError",
+    "ConsumerError",
+    "DeduplicationStoreError",
+    "DeserializationError",
+    "MalformedHeaderError",
+    "MessageError",
+    "MissingHeaderError",
+    "ProduceError",
+    "SchemaRegistryError",
+    "SerializationError",
+    "ServiceError",
+    "UnknownManifestError",
+    "UnknownSerializerError",
+]
+
+
+class ServiceError(Exception):
+    """Root of every error raised by the service."""
+
+
+class ConfigurationError(ServiceError):
+    """The service, a queue, a serializer or a consumer is configured or wired wrongly."""
+
+
+class MessageError(ServiceError):
+    """One message cannot be handled; retrying the same bytes cannot help.
+
+    Attributes:
+        message: the message concerned, when known; its location is appended to the text.
+    """
+
+    def __init__(self, text: str, message: Message | None = None) -> None:
+        self.text = text
+        self.message = message
+        super().__init__(text if message is None else f"{text} ({message.location})")
+
+    def locate(self, message: Message) -> None:
+        """Attach ``message`` (and its location in the text) if none is attached yet."""
+        if self.message is None:
+            self.message = message
+            self.args = (f"{self.text} ({message.location})",)
+
+
+class MissingHeaderError(MessageError):
+    """A routing header the dispatcher needs is absent."""
+
+
+class MalformedHeaderError(MessageError):
+    """A routing header is present but cannot be read (not UTF-8, not an integer, duplicated)."""
+
+
+class SerializationError(MessageError):
+    """Converting between an object and its bytes failed."""
+
+
+class UnknownSerializerError(SerializationError):
+    """No serializer is registered under the identifier carried by the message."""
+
+
+class UnknownManifestError(SerializationError):
+    """The serializer knows no message type for the manifest carried by the message."""
+
+
+class DeserializationError(SerializationError):
+    """The payload does not decode with the serializer and manifest it names."""
+
+
+class ConsumerError(ServiceError):
+    """A consumer raised while processing a message; the original error is ``__cause__``.
+
+    Attributes:
+        consumer_name: the failing consumer's name (its fully qualified class name by default).
+        message: the message it was processing.
+    """
+
+    def __init__(self, consumer_name: str, message: Message, cause: BaseException) -> None:
+        self.consumer_name = consumer_name
+        self.message = message
+        super().__init__(
+            f"consumer {consumer_name} failed on {message.location}: "
+            f"{type(cause).__name__}: {cause}"
+        )
+
+
+class BackendError(ServiceError):
+    """The messaging backend failed; the operation may succeed if retried."""
+
+
+class BrokerUnavailableError(BackendError):
+    """The broker cannot be reached (down, wrong address, network)."""
+
+
+class CommitError(BackendError):
+    """Committing consumed offsets failed."""
+
+
+class ProduceError(BackendError):
+    """Publishing a record failed."""
+
+
+class SchemaRegistryError(ServiceError):
+    """The schema registry could not be reached or refused a request."""
+
+
+class DeduplicationStoreError(ServiceError):
+    """The deduplication store could not be read or written."""

@@ -1,0 +1,52 @@
+"""The serializer contract: objects to bytes and back, named by an integer identifier."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from service.consumers import manifest_of
+
+__all__ = ["Serializer"]
+
+
+class Serializer(ABC):
+    """Turns message objects into bytes and back.
+
+    The :meth:`identifier` travels with every message (header ``serializer_id``) and selects
+    the serializer on the consuming side, so it must be unique and must never change.
+    """
+
+    @abstractmethod
+    def identifier(self) -> int:
+        """The unique, stable integer identifying this serializer on the wire."""
+
+    def manifest(self, data: Any) -> str:
+        """The manifest (type name) written with ``data``; :func:`manifest_of` its class."""
+        return manifest_of(type(data))
+
+    @abstractmethod
+    def serialize(self, data: Any) -> bytes:
+        """Encode ``data``.
+
+        Raises:
+            SerializationError: ``data`` cannot be encoded by this serializer.
+        """
+
+    @abstractmethod
+    def deserialize(self, data: bytes, manifest: str | None = None) -> Any:
+        """Decode ``data`` written with type ``manifest``.
+
+        Raises:
+            UnknownManifestError: the serializer knows no type named ``manifest``.
+            DeserializationError: the bytes do not decode.
+        """
+
+    def bind(self, cls: type) -> None:
+        """Learn that instances of ``cls`` are serialized by this serializer.
+
+        The registry calls it for every class bound to this serializer in its
+        ``serializer_bindings``; serializers that rebuild typed objects from a manifest
+        (such as :class:`JsonSerializer`) record the class. Others ignore it.
+        """
+        del cls
