@@ -150,9 +150,7 @@ class SingleDispatchConsumer(Consumer):
             handler = self._resolve(cls)
             self._resolved[cls] = handler
         if handler is None:
-            raise ConfigurationError(
-                f"{self.name} has no @consumer handler for {cls.__qualname__}"
-            )
+            raise ConfigurationError(f"{self.name} has no @consumer handler for {cls.__qualname__}")
         handler(message)
 
     def _resolve(self, cls: type) -> Callable[[Any], None] | None:

@@ -205,8 +205,8 @@ class MessageDispatcher:
             exc.locate(message)
             _report(on_exception, exc)
             return self._dead_letter(subscription, message, DeadLetterReason.from_error(exc))
-        for error in errors:
-            _report(on_exception, error)
+        for refusal in errors:
+            _report(on_exception, refusal)
         record = (message.topic, message.partition, message.offset)
         progress = self._remembered.pop(record, None) or {}
         for consumer in accepting:
@@ -230,11 +230,8 @@ class MessageDispatcher:
         subscription.redeliver(message, self.retry.delay(message.attempt))
         return DispatchOutcome.RETRIED
 
-    def _accepting(
-        self, manifest: str, message: Message
-    ) -> tuple[list[Consumer], list[Exception]]:
-        """The consumers that accept ``manifest``, and the errors of those whose
-        ``accepts`` raised.
+    def _accepting(self, manifest: str, message: Message) -> tuple[list[Consumer], list[Exception]]:
+        """The consumers that accept ``manifest``, and the errors of ``accepts`` that raised.
 
         Policy: a consumer whose ``accepts`` raises counts as failed, so the message is
         retried (and in the end dead-lettered naming it) rather than skipped.
@@ -278,7 +275,7 @@ class MessageDispatcher:
                 return None
             try:
                 consumer.process(data, message_id=message_id)
-            except Exception as exc:  # noqa: BLE001 - policy in the docstring
+            except Exception as exc:
                 error = ConsumerError(name, message, exc)
                 error.__cause__ = exc
                 logger.warning("%s", error, exc_info=exc)
@@ -344,8 +341,7 @@ def _store_error(
     if isinstance(exc, DeduplicationStoreError):
         return exc
     error = DeduplicationStoreError(
-        f"cannot {operation} dedup key {key!r} for {message.location}: "
-        f"{type(exc).__name__}: {exc}"
+        f"cannot {operation} dedup key {key!r} for {message.location}: {type(exc).__name__}: {exc}"
     )
     error.__cause__ = exc
     return error

@@ -5,7 +5,7 @@
     ServiceError
     ├── ConfigurationError            bad settings or wiring; fix the configuration
     ├── MessageError                  one message cannot be handled (carries its location)
-    │   ├── MissingHeaderError        a routing header (serializer_id, manifest, message_id) is absent
+    │   ├── MissingHeaderError        a routing header (serializer_id, manifest, ...) is absent
     │   ├── MalformedHeaderError      a routing header is present but unreadable
     │   └── SerializationError        payload <-> object conversion failed
     │       ├── UnknownSerializerError   no serializer registered under the message's id

@@ -111,8 +111,7 @@ def read_routing(message: Message) -> Routing:
     serializer_text, manifest, message_id = texts
     if not serializer_text.isascii() or not serializer_text.isdigit():
         raise MalformedHeaderError(
-            f"header {SERIALIZER_ID_HEADER!r} is {serializer_text[:40]!r}, "
-            "not a decimal integer",
+            f"header {SERIALIZER_ID_HEADER!r} is {serializer_text[:40]!r}, not a decimal integer",
             message,
         )
     return Routing(int(serializer_text), manifest, message_id)

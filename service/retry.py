@@ -42,5 +42,5 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before delivery ``attempt + 1``."""
-        ceiling = min(self.backoff_max, self.backoff_base * 2 ** max(attempt - 1, 0))
+        ceiling = min(self.backoff_max, self.backoff_base * 2.0 ** max(attempt - 1, 0))
         return ceiling * (1 - self.jitter * random.random())  # noqa: S311 - not crypto

@@ -16,7 +16,6 @@ import threading
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-
 from typing import TYPE_CHECKING
 
 from service.backends.base import (
@@ -207,7 +206,9 @@ class InMemoryBackend(MessagingBackend):
             dead_letter_topic = queue.dead_letter_topic
         if reason is not None:
             self.publish(
-                dead_letter_topic, message.value, key=message.key,
+                dead_letter_topic,
+                message.value,
+                key=message.key,
                 headers=reason.headers_for(message),
             )
 
@@ -244,7 +245,8 @@ class InMemorySubscription(Subscription):
         batch: list[Message] = []
         if self._redeliveries:
             chosen, self._redeliveries = (
-                self._redeliveries[:max_messages], self._redeliveries[max_messages:],
+                self._redeliveries[:max_messages],
+                self._redeliveries[max_messages:],
             )
             with self._backend._lock:
                 pending = self._backend._queue(self._queue_name).pending

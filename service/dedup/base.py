@@ -30,8 +30,11 @@ class DeduplicationCache(ABC):
 
 
 class NullCache(DeduplicationCache):
-    """Stores nothing: every message is new (the dispatcher still avoids re-running the
-    consumers that succeeded on a message redelivered within the same process)."""
+    """Stores nothing: every message is new.
+
+    The dispatcher still avoids re-running the consumers that succeeded on a message
+    redelivered within the same process.
+    """
 
     def store(self, key: str, value: str, expire: float | None = None) -> None:
         """Forget ``key`` at once."""

@@ -93,7 +93,7 @@ class JsonSerializer(Serializer):
         """
         cls = None
         if manifest not in (None, DICT_MANIFEST):
-            cls = self._classes.get(manifest)  # type: ignore[arg-type]
+            cls = self._classes.get(manifest)
             if cls is None:
                 raise UnknownManifestError(
                     f"JsonSerializer has no class bound to manifest {manifest!r}; bind one "
@@ -112,6 +112,4 @@ class JsonSerializer(Serializer):
         try:
             return cls(**payload)
         except TypeError as exc:
-            raise DeserializationError(
-                f"payload does not fit {cls.__qualname__}: {exc}"
-            ) from exc
+            raise DeserializationError(f"payload does not fit {cls.__qualname__}: {exc}") from exc
