@@ -20,6 +20,8 @@ from service.consumers import Consumer, SingleDispatchConsumer, consumer, manife
 from service.dedup import DeduplicationCache, InMemoryCache, NullCache
 from service.dispatcher import DispatchOutcome, MessageDispatcher, SimpleMessageDispatcher
 from service.errors import (
+    AuthenticationError,
+    AuthorizationError,
     BackendError,
     BrokerUnavailableError,
     CommitError,
@@ -43,6 +45,8 @@ from service.retry import RetryPolicy
 from service.serializers import JsonSerializer, Serializer, SerializerRegistry
 
 __all__ = [
+    "AuthenticationError",
+    "AuthorizationError",
     "BackendError",
     "BrokerUnavailableError",
     "CommitError",

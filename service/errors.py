@@ -14,6 +14,8 @@
     ├── ConsumerError                 a consumer raised while processing (original in __cause__)
     ├── BackendError                  the messaging backend failed
     │   ├── BrokerUnavailableError    the broker cannot be reached (transient)
+    │   ├── AuthenticationError       the broker refused the credentials
+    │   ├── AuthorizationError        the principal lacks an ACL for the operation
     │   ├── CommitError               an offset commit failed
     │   └── ProduceError              a record could not be published
     ├── SchemaRegistryError           the schema registry failed or refused
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
     from service.messages import Message
 
 __all__ = [
+    "AuthenticationError",
+    "AuthorizationError",
     "BackendError",
     "BrokerUnavailableError",
     "CommitError",
@@ -126,6 +130,14 @@ class BackendError(ServiceError):
 
 class BrokerUnavailableError(BackendError):
     """The broker cannot be reached (down, wrong address, network)."""
+
+
+class AuthenticationError(BackendError):
+    """The broker refused the client's credentials; retrying will not help."""
+
+
+class AuthorizationError(BackendError):
+    """The principal is not allowed the operation (topic, group or cluster ACL)."""
 
 
 class CommitError(BackendError):

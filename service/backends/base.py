@@ -17,7 +17,7 @@ without any of the three calls when the subscription closes is delivered again, 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -82,12 +82,15 @@ class Subscription(ABC):
     """One member of a queue's consumer group: polls messages and settles each one."""
 
     @abstractmethod
-    def poll(self, max_messages: int, timeout: float) -> Sequence[Message] | None:
+    def poll(self, max_messages: int, timeout: float) -> Iterable[Message] | None:
         """Up to ``max_messages`` messages, waiting at most ``timeout`` seconds for the first.
 
         Returns:
-            The messages, possibly none; ``None`` when the queue has ended, which only a
-            finite backend (:class:`service.InMemoryBackend` once drained) ever says.
+            The messages, possibly none, to be iterated once, in order, before the next
+            poll; ``None`` when the queue has ended, which only a finite backend
+            (:class:`service.InMemoryBackend` once drained) ever says. The iterable may
+            skip messages that became stale meanwhile (their partition was rewound by
+            :meth:`redeliver` or revoked): they are delivered again later.
         """
 
     @abstractmethod

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from service import InMemoryBackend, Message, MessagingBackend, Subscription
+from tests.kafka_helpers import kafka_backend, read_topic
 
 
 @dataclass
@@ -42,8 +43,22 @@ def _memory() -> Iterator[Harness]:
     yield Harness(backend, lambda topic, _count: backend.records(topic), deadline=0.5)
 
 
+def _kafka(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    bootstrap: str = request.getfixturevalue("kafka_bootstrap")
+    backend = kafka_backend(bootstrap)
+    try:
+        yield Harness(
+            backend,
+            lambda topic, count: read_topic(bootstrap, topic, count, timeout=5.0),
+            deadline=15.0,
+        )
+    finally:
+        backend.close()
+
+
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], Iterator[Harness]]] = {
     "memory": lambda _request: _memory(),
+    "kafka": _kafka,
 }
 
 

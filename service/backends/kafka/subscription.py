@@ -1,0 +1,293 @@
+"""KafkaSubscription: one consumer-group member that commits only what is done.
+
+Contract:
+
+* auto-commit and auto offset store are off; per partition the committed offset is the
+  lowest offset delivered and not yet done (:class:`PartitionTracker`), so completions may
+  arrive out of order and a commit never passes an undone message;
+* commits are asynchronous, every ``commit_every`` done messages or ``commit_interval``
+  seconds, and synchronous when partitions are revoked and on :meth:`close`;
+* :meth:`redeliver` pauses the message's partition and, after the delay, seeks back to the
+  message and resumes it; the other partitions keep flowing. Messages of that partition
+  already fetched behind it are dropped (they come again after the seek);
+* on revocation the partitions' done work is committed and their undelivered remainder
+  dropped; a lost assignment drops everything of those partitions without committing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Message as KafkaMessage
+
+from service.backends.base import DeadLetterReason, Subscription
+from service.backends.kafka.errors import translate
+from service.backends.kafka.offsets import PartitionTracker
+from service.errors import BrokerUnavailableError
+from service.messages import Message
+
+if TYPE_CHECKING:
+    from service.backends.kafka.backend import KafkaBackend, QueueBinding
+
+__all__ = ["KafkaSubscription"]
+
+logger = logging.getLogger(__name__)
+
+_Partition = tuple[str, int]
+_IGNORED_CODES = frozenset({KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART})
+
+
+class KafkaSubscription(Subscription):
+    """A confluent-kafka ``Consumer`` in the queue's group, settled message by message."""
+
+    def __init__(
+        self,
+        backend: KafkaBackend,
+        queue_name: str,
+        binding: QueueBinding,
+        config: dict[str, Any],
+    ) -> None:
+        from service.backends.kafka.backend import ConnectionWatch
+
+        self._backend = backend
+        self.queue_name = queue_name
+        self.binding = binding
+        self._watch = ConnectionWatch(f"queue {queue_name!r}")
+        self._consumer = Consumer(
+            {**config, "error_cb": self._watch.on_error, "on_commit": self._on_commit}
+        )
+        self._trackers: dict[_Partition, PartitionTracker] = {}
+        self._retries: dict[_Partition, tuple[float, int]] = {}
+        self._attempts: dict[tuple[str, int, int], int] = {}
+        self._done_since_commit = 0
+        self._last_commit = time.monotonic()
+        self._closed = False
+        try:
+            self._wait_for_brokers(backend.startup_timeout)
+            self._consumer.subscribe(
+                list(binding.topics),
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+        except BaseException:
+            self._consumer.close()
+            raise
+
+    def _wait_for_brokers(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._consumer.list_topics(timeout=min(1.0, timeout))
+                return
+            except KafkaException as exc:
+                self._consumer.poll(0)  # serve error_cb: an authentication failure is final
+                if self._watch.fatal is not None:
+                    raise translate(
+                        self._watch.fatal, f"joining queue {self.queue_name!r}"
+                    ) from exc
+                if time.monotonic() >= deadline:
+                    raise BrokerUnavailableError(
+                        f"queue {self.queue_name!r}: no broker of "
+                        f"{self._backend.bootstrap_servers} answered within {timeout}s; "
+                        "check bootstrap_servers and that Kafka is up"
+                    ) from exc
+
+    # -- rebalance callbacks (run inside consume()) --------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._trackers[(tp.topic, tp.partition)] = PartitionTracker()
+        logger.info("queue %r assigned %s", self.queue_name, _names(partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = {(tp.topic, tp.partition) for tp in partitions}
+        self._commit(keys, asynchronous=False)
+        self._forget(keys)
+        logger.info("queue %r revoked %s", self.queue_name, _names(partitions))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._forget({(tp.topic, tp.partition) for tp in partitions})
+        logger.warning("queue %r lost %s without commit", self.queue_name, _names(partitions))
+
+    def _forget(self, keys: set[_Partition]) -> None:
+        for key in keys:
+            self._trackers.pop(key, None)
+            self._retries.pop(key, None)
+        self._attempts = {k: v for k, v in self._attempts.items() if k[:2] not in keys}
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if error is None:
+            return
+        logger.warning("queue %r: commit failed, will retry: %s", self.queue_name, error.str())
+        for tp in partitions:
+            tracker = self._trackers.get((tp.topic, tp.partition))
+            if tracker is not None:
+                tracker.committed = None
+
+    # -- polling ------------------------------------------------------------------------
+    def poll(self, max_messages: int, timeout: float) -> Iterator[Message]:
+        """Fetch up to ``max_messages``; never ``None`` (a Kafka queue does not end).
+
+        Raises:
+            AuthenticationError, AuthorizationError, BackendError: a fatal client error.
+        """
+        if self._watch.fatal is not None:
+            raise translate(self._watch.fatal, f"consuming queue {self.queue_name!r}")
+        if self._retries:
+            self._resume_due()
+        self._maybe_commit()
+        records = self._consumer.consume(max_messages, timeout)
+        return self._accept(records)
+
+    def _accept(self, records: Sequence[KafkaMessage]) -> Iterator[Message]:
+        delivered: list[Message] = []
+        for record in records:
+            error = record.error()
+            if error is not None:
+                self._on_record_error(error)
+                continue
+            topic, partition = cast(str, record.topic()), cast(int, record.partition())
+            key = (topic, partition)
+            tracker = self._trackers.get(key)
+            if tracker is None or key in self._retries:
+                continue  # revoked, or paused for a retry: it comes again after the seek
+            offset = cast(int, record.offset())
+            tracker.delivered(offset)
+            _, timestamp = record.timestamp()
+            delivered.append(
+                Message(
+                    topic,
+                    record.value(),
+                    tuple(cast(list[tuple[str, bytes | None]], record.headers() or ())),
+                    record.key(),
+                    partition,
+                    offset,
+                    timestamp if timestamp > 0 else None,
+                    self._attempts.get((topic, partition, offset), 0) + 1,
+                )
+            )
+        if delivered:
+            self._watch.reachable()
+        return self._still_wanted(delivered)
+
+    def _still_wanted(self, delivered: list[Message]) -> Iterator[Message]:
+        """Yield each message unless its partition was rewound or revoked meanwhile."""
+        for message in delivered:
+            key = (message.topic, message.partition)
+            if key in self._trackers and key not in self._retries:
+                yield message
+
+    def _on_record_error(self, error: KafkaError) -> None:
+        code = error.code()
+        if code in _IGNORED_CODES:
+            logger.debug("queue %r: %s", self.queue_name, error.str())
+            return
+        if error.fatal() or code in (
+            KafkaError.TOPIC_AUTHORIZATION_FAILED,
+            KafkaError.GROUP_AUTHORIZATION_FAILED,
+        ):
+            raise translate(error, f"consuming queue {self.queue_name!r}")
+        self._watch.on_error(error)
+
+    def _resume_due(self) -> None:
+        now = time.monotonic()
+        due = [(key, offset) for key, (at, offset) in self._retries.items() if at <= now]
+        for key, offset in due:
+            del self._retries[key]
+            tp = TopicPartition(key[0], key[1], offset)
+            try:
+                self._consumer.seek(tp)
+            except KafkaException as exc:
+                logger.warning("queue %r: seek %s failed: %s", self.queue_name, key, exc)
+            self._consumer.resume([TopicPartition(key[0], key[1])])
+
+    # -- settling -------------------------------------------------------------------------
+    def acknowledge(self, message: Message) -> None:
+        """Mark ``message`` done; its offset is committed with the next batch."""
+        tracker = self._trackers.get((message.topic, message.partition))
+        if tracker is None:
+            return  # revoked meanwhile: the new owner delivers it again
+        tracker.done(message.offset)
+        if message.attempt > 1:
+            self._attempts.pop((message.topic, message.partition, message.offset), None)
+        self._done_since_commit += 1
+        if self._done_since_commit >= self._backend.commit_every:
+            self._maybe_commit(force=True)
+
+    def redeliver(self, message: Message, delay: float = 0.0) -> None:
+        """Pause the partition; after ``delay`` seek back to ``message`` and resume."""
+        key = (message.topic, message.partition)
+        tracker = self._trackers.get(key)
+        if tracker is None:
+            return
+        tracker.rewind(message.offset)
+        self._attempts[(message.topic, message.partition, message.offset)] = message.attempt
+        self._retries[key] = (time.monotonic() + delay, message.offset)
+        self._consumer.pause([TopicPartition(message.topic, message.partition)])
+
+    def dead_letter(self, message: Message, reason: DeadLetterReason) -> None:
+        """Publish to the dead-letter topic, wait for the broker's confirmation, then ack."""
+        self._backend.publish_confirmed(
+            self.binding.dead_letter_topic,
+            message.value,
+            key=message.key,
+            headers=reason.headers_for(message),
+            timeout=self._backend.dead_letter_timeout,
+        )
+        self.acknowledge(message)
+
+    # -- committing -------------------------------------------------------------------
+    def _maybe_commit(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or (
+            self._done_since_commit and now - self._last_commit >= self._backend.commit_interval
+        ):
+            self._commit(set(self._trackers), asynchronous=True)
+
+    def _commit(self, keys: set[_Partition], asynchronous: bool) -> None:
+        offsets = []
+        for key in keys:
+            tracker = self._trackers.get(key)
+            if tracker is None:
+                continue
+            position = tracker.pending_commit()
+            if position is not None:
+                offsets.append(TopicPartition(key[0], key[1], position))
+                tracker.committed = position
+        self._done_since_commit = 0
+        self._last_commit = time.monotonic()
+        if not offsets:
+            return
+        try:
+            if asynchronous:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            for tp in offsets:
+                tracker = self._trackers.get((tp.topic, tp.partition))
+                if tracker is not None:
+                    tracker.committed = None
+            logger.warning(
+                "queue %r: commit failed (the messages will be delivered again): %s",
+                self.queue_name,
+                translate(exc, "commit"),
+            )
+
+    def close(self) -> None:
+        """Commit what is done, synchronously, and leave the group."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._commit(set(self._trackers), asynchronous=False)
+        finally:
+            self._consumer.close()
+
+
+def _names(partitions: list[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"

@@ -1,0 +1,64 @@
+"""Helpers for tests on the real broker."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+
+from service import Message
+from service.backends.kafka import KafkaBackend
+
+# Short session timeout so a killed member's partitions move quickly (broker minimum: 6 s).
+FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
+
+
+def kafka_backend(bootstrap: str, **options: Any) -> KafkaBackend:
+    options.setdefault("consumer_config", FAST_GROUP)
+    options.setdefault("startup_timeout", 20.0)
+    return KafkaBackend(bootstrap, **options)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 15.0) -> list[Message]:
+    """Read ``topic`` from the beginning until ``count`` records or ``timeout``."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": unique("reader"), "enable.auto.commit": False}
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        partitions = metadata.topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        got: list[Message] = []
+        deadline = time.monotonic() + timeout
+        while len(got) < count and time.monotonic() < deadline:
+            for record in consumer.consume(count - len(got), 0.5):
+                if record.error() is None:
+                    got.append(
+                        Message(
+                            record.topic() or "",
+                            record.value(),
+                            tuple(record.headers() or ()),  # type: ignore[arg-type]
+                            record.key(),
+                            record.partition() or 0,
+                            record.offset() or 0,
+                        )
+                    )
+        return got
+    finally:
+        consumer.close()
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions: int = 1) -> list[int]:
+    """The committed offsets of ``group`` on ``topic`` (-1001 when none)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return [tp.offset for tp in tps]
+    finally:
+        consumer.close()
