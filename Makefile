@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test unit lint typecheck
+.PHONY: install test unit lint typecheck fetch kafka-up kafka-down bench
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,3 +23,16 @@ lint: install
 
 typecheck: install
 	$(PY) -m mypy
+
+fetch:  ## download (once, cached) the Kafka broker and schema registry jars from Maven Central
+	bash deploy/local/kafka-local.sh fetch
+	bash deploy/local/apicurio-local.sh fetch
+
+kafka-up: fetch  ## start a local broker + registry; writes .local/kafka.env
+	bash deploy/local/up.sh
+
+kafka-down:
+	bash deploy/local/down.sh
+
+bench: install fetch
+	$(PY) -m bench

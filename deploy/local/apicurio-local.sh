@@ -82,11 +82,14 @@ fetch() {
     rm -rf "$tmp"
     die "maven could not resolve $ARTIFACT (is the version on Maven Central? is it reachable?)"
   fi
+  if [ -z "$(find "$tmp/app" -maxdepth 3 \( -name quarkus-run.jar -o -name '*-runner.jar' \) -print -quit)" ]; then
+    rm -rf "$tmp"
+    die "no runnable jar (quarkus-run.jar / *-runner.jar) in $ARTIFACT"
+  fi
   touch "$tmp/app/.complete"
   rm -rf "$CACHE/app"
   mv "$tmp/app" "$CACHE/app"
   rm -rf "$tmp"
-  [ -n "$(find_jar)" ] || die "no runnable jar in $CACHE/app after unpacking $ARTIFACT"
   log "fetched $ARTIFACT (unpacked $(du -sh "$CACHE/app" | cut -f1)) in $(elapsed "$t0")s"
 }
 

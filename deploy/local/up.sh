@@ -3,7 +3,8 @@
 # <repo>/.local/kafka.env with KAFKA_BOOTSTRAP_SERVERS and SCHEMA_REGISTRY_URL.
 # Env: KAFKA_PORT, KAFKA_CPORT, SR_PORT (default: free ports), SASL=1 (SCRAM broker,
 # users admin/admin-secret, alice/alice-secret), plus everything kafka-local.sh and
-# apicurio-local.sh read (KAFKA_VERSION, APICURIO_VERSION, caches, heap, JAVA_HOME).
+# apicurio-local.sh read (KAFKA_VERSION, APICURIO_VERSION, caches, heap, JAVA_HOME; the registry
+# needs Java 21+ and picks APICURIO_JAVA_HOME or the newest JDK >= 21, see apicurio-local.sh).
 # Stop with down.sh.
 set -euo pipefail
 
