@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -91,7 +90,7 @@ class MessageDispatcher:
         early_ack: bool = False,
         *,
         retry: RetryPolicy | None = None,
-        poll_batch: int = 500,
+        poll_batch: int = 1000,
         poll_timeout: float = 0.5,
         remembered_records: int = 10_000,
     ) -> None:
@@ -101,17 +100,19 @@ class MessageDispatcher:
                 "InMemoryBackend()"
             )
         self.serializer_registry = serializer_registry
-        self.cache: DeduplicationCache = cache if cache is not None else NullCache()
+        self._cache: DeduplicationCache = cache if cache is not None else NullCache()
+        self._dedup = not isinstance(self._cache, NullCache)
         self.always_ack = always_ack
         self.early_ack = early_ack
         self.retry = retry or RetryPolicy()
         self._backend = backend
-        self._consumers: tuple[Consumer, ...] = ()
+        self._attached: tuple[tuple[Consumer, str], ...] = ()
+        self._routes: dict[str, tuple[tuple[Consumer, str], ...]] = {}
         self._poll_batch = poll_batch
         self._poll_timeout = poll_timeout
         self._remembered_limit = remembered_records
         self._remembered: OrderedDict[_Record, dict[str, bool]] = OrderedDict()
-        self._stopping = threading.Event()
+        self._stop_requested = False  # a plain flag: setting it is atomic, reading it cheap
 
     @property
     def backend(self) -> MessagingBackend:
@@ -119,29 +120,41 @@ class MessageDispatcher:
         return self._backend
 
     @property
+    def cache(self) -> DeduplicationCache:
+        """The deduplication store."""
+        return self._cache
+
+    @property
     def consumers(self) -> tuple[Consumer, ...]:
         """The attached consumers, in attachment order."""
-        return self._consumers
+        return tuple(c for c, _ in self._attached)
 
     def attach_consumer(self, consumer: Consumer) -> None:
         """Attach ``consumer`` so that it receives messages; attaching twice does nothing.
+
+        The consumer's :attr:`~Consumer.name` is read once, here. Its ``accepts`` answer is
+        cached per manifest until the next attach or detach, so ``accepts`` must depend on
+        the manifest only.
 
         Raises:
             ConfigurationError: another attached consumer has the same :attr:`Consumer.name`
                 (they would share deduplication keys).
         """
-        if consumer in self._consumers:
+        if any(c is consumer for c, _ in self._attached):
             return
-        if any(c.name == consumer.name for c in self._consumers):
+        name = consumer.name
+        if any(n == name for _, n in self._attached):
             raise ConfigurationError(
-                f"a consumer named {consumer.name!r} is already attached; give one of them "
+                f"a consumer named {name!r} is already attached; give one of them "
                 "another name (override Consumer.name) so their dedup keys differ"
             )
-        self._consumers = (*self._consumers, consumer)
+        self._attached = (*self._attached, (consumer, name))
+        self._routes = {}
 
     def detach_consumer(self, consumer: Consumer) -> None:
         """Detach ``consumer``; it receives no further messages."""
-        self._consumers = tuple(c for c in self._consumers if c is not consumer)
+        self._attached = tuple(pair for pair in self._attached if pair[0] is not consumer)
+        self._routes = {}
 
     unattach_consumer = detach_consumer
 
@@ -150,7 +163,7 @@ class MessageDispatcher:
 
         Thread-safe and signal-safe.
         """
-        self._stopping.set()
+        self._stop_requested = True
 
     def consume_loop(
         self,
@@ -164,19 +177,20 @@ class MessageDispatcher:
         again; the subscription is closed (committing what is done) on the way out.
         """
         try:
+            dispatch = self.dispatch
             with self._backend.subscribe(queue_name) as subscription:
-                while not self._stopping.is_set():
+                while not self._stop_requested:
                     batch = subscription.poll(self._poll_batch, self._poll_timeout)
                     if batch is None:
                         return
                     for message in batch:
-                        if self._stopping.is_set():
+                        if self._stop_requested:
                             return
-                        self.dispatch(subscription, message, on_exception)
+                        dispatch(subscription, message, on_exception)
                         if after_consume is not None:
                             after_consume()
         finally:
-            self._stopping.clear()
+            self._stop_requested = False
 
     consume_event = consume_loop
 
@@ -187,19 +201,23 @@ class MessageDispatcher:
         on_exception: ExceptionCallback | None = None,
     ) -> DispatchOutcome:
         """Process one message and settle it on ``subscription`` (steps 1-6 above)."""
-        if self.early_ack:
+        early_ack = self.early_ack
+        if early_ack:
             subscription.acknowledge(message)
+        errors: list[Exception] = []
         try:
-            routing = read_routing(message)
-            accepting, errors = self._accepting(routing.manifest, message)
-            if not accepting and not errors:
-                if not self.early_ack:
+            serializer_id, manifest, message_id = read_routing(message)
+            route = self._routes.get(manifest)
+            if route is None:
+                route = self._route(manifest, message, errors)
+            if not route and not errors:
+                if not early_ack:
                     subscription.acknowledge(message)
                 return DispatchOutcome.SKIPPED
             if message.value is None:
                 raise MessageError("the record has no value (a tombstone)", message)
-            data = self.serializer_registry.deserialize_with_serializerid(
-                message.value, routing.serializer_id, manifest=routing.manifest
+            data = self.serializer_registry.get_serializer_by_id(serializer_id).deserialize(
+                message.value, manifest
             )
         except MessageError as exc:
             exc.locate(message)
@@ -207,50 +225,74 @@ class MessageDispatcher:
             return self._dead_letter(subscription, message, DeadLetterReason.from_error(exc))
         for refusal in errors:
             _report(on_exception, refusal)
-        record = (message.topic, message.partition, message.offset)
-        progress = self._remembered.pop(record, None) or {}
-        for consumer in accepting:
-            error = self._run(consumer, data, routing.message_id, message, progress)
-            if error is not None:
-                errors.append(error)
-                _report(on_exception, error)
-        if self.early_ack:
+        progress = None
+        if self._remembered:
+            progress = self._remembered.pop(
+                (message.topic, message.partition, message.offset), None
+            )
+        if progress is None:
+            progress = {}
+        if self._dedup or progress:
+            for consumer, name in route:
+                error = self._run(consumer, name, data, message_id, message, progress)
+                if error is not None:
+                    errors.append(error)
+                    _report(on_exception, error)
+        else:  # the common case, inlined: no dedup store and a first delivery
+            for consumer, name in route:
+                try:
+                    consumer.process(data, message_id=message_id)
+                except Exception as exc:  # noqa: BLE001 - policy: see _run
+                    error = _consumer_error(name, message, exc)
+                    errors.append(error)
+                    _report(on_exception, error)
+                else:
+                    progress[name] = True
+        if early_ack:
             return DispatchOutcome.ACKNOWLEDGED
         if not errors or self.always_ack:
             subscription.acknowledge(message)
             return DispatchOutcome.ACKNOWLEDGED
-        failing = [c.name for c in accepting if not progress.get(c.name)]
+        failing = [name for _, name in route if not progress.get(name)]
         failing += [e.consumer_name for e in errors if isinstance(e, ConsumerError)]
         if self.retry.is_exhausted(message.attempt):
             reason = DeadLetterReason.from_error(
                 errors[-1], message.attempt, tuple(dict.fromkeys(failing))
             )
             return self._dead_letter(subscription, message, reason, on_exception, progress)
-        self._remember(record, progress)
+        self._remember(message, progress)
         subscription.redeliver(message, self.retry.delay(message.attempt))
         return DispatchOutcome.RETRIED
 
-    def _accepting(self, manifest: str, message: Message) -> tuple[list[Consumer], list[Exception]]:
-        """The consumers that accept ``manifest``, and the errors of ``accepts`` that raised.
+    def _route(
+        self, manifest: str, message: Message, errors: list[Exception]
+    ) -> tuple[tuple[Consumer, str], ...]:
+        """The consumers that accept ``manifest``; cached unless an ``accepts`` raised.
 
-        Policy: a consumer whose ``accepts`` raises counts as failed, so the message is
-        retried (and in the end dead-lettered naming it) rather than skipped.
+        Policy: a consumer whose ``accepts`` raises counts as failed (its error is appended
+        to ``errors``), so the message is retried, and in the end dead-lettered naming it,
+        rather than skipped.
         """
-        chosen: list[Consumer] = []
-        errors: list[Exception] = []
-        for consumer in self._consumers:
+        chosen: list[tuple[Consumer, str]] = []
+        failed = False
+        for consumer, name in self._attached:
             try:
                 if consumer.accepts(manifest):
-                    chosen.append(consumer)
+                    chosen.append((consumer, name))
             except Exception as exc:  # noqa: BLE001 - policy in the docstring
-                error = ConsumerError(consumer.name, message, exc)
+                error = ConsumerError(name, message, exc)
                 error.__cause__ = exc
                 errors.append(error)
-        return chosen, errors
+                failed = True
+        route = tuple(chosen)
+        if not failed:
+            self._routes[manifest] = route
+        return route
 
     def _run(
         self,
         consumer: Consumer,
+        name: str,
         data: Any,
         message_id: str,
         message: Message,
@@ -262,28 +304,25 @@ class MessageDispatcher:
         failing consumer must neither stop the loop nor lose the message; it is returned
         (wrapped in a ``service.errors`` type) and the message is retried.
         """
-        name = consumer.name
-        key = f"{name}.{message_id}"
         stored = progress.get(name)
+        key = f"{name}.{message_id}" if self._dedup else ""
         if stored is None:
-            try:
-                seen = key in self.cache
-            except Exception as exc:  # noqa: BLE001 - policy in the docstring
-                return _store_error("read", key, message, exc)
-            if seen:
-                progress[name] = True
-                return None
+            if self._dedup:
+                try:
+                    seen = key in self._cache
+                except Exception as exc:  # noqa: BLE001 - policy in the docstring
+                    return _store_error("read", key, message, exc)
+                if seen:
+                    progress[name] = True
+                    return None
             try:
                 consumer.process(data, message_id=message_id)
-            except Exception as exc:
-                error = ConsumerError(name, message, exc)
-                error.__cause__ = exc
-                logger.warning("%s", error, exc_info=exc)
-                return error
-            progress[name] = False
-        if not progress[name]:
+            except Exception as exc:  # noqa: BLE001 - policy in the docstring
+                return _consumer_error(name, message, exc)
+            stored = progress[name] = not self._dedup
+        if not stored:
             try:
-                self.cache.store(key, key)
+                self._cache.store(key, key)
             except Exception as exc:  # noqa: BLE001 - policy in the docstring
                 return _store_error("write", key, message, exc)
             progress[name] = True
@@ -303,13 +342,13 @@ class MessageDispatcher:
         except BackendError as exc:
             _report(on_exception, exc)
             if progress is not None:
-                self._remember((message.topic, message.partition, message.offset), progress)
+                self._remember(message, progress)
             subscription.redeliver(message, self.retry.delay(message.attempt))
             return DispatchOutcome.RETRIED
         return DispatchOutcome.DEAD_LETTERED
 
-    def _remember(self, record: _Record, progress: dict[str, bool]) -> None:
-        self._remembered[record] = progress
+    def _remember(self, message: Message, progress: dict[str, bool]) -> None:
+        self._remembered[(message.topic, message.partition, message.offset)] = progress
         while len(self._remembered) > self._remembered_limit:
             self._remembered.popitem(last=False)
 
@@ -333,6 +372,13 @@ class SimpleMessageDispatcher(MessageDispatcher):
 def _report(callback: ExceptionCallback | None, error: Exception) -> None:
     if callback is not None:
         callback(error)
+
+
+def _consumer_error(name: str, message: Message, exc: Exception) -> ConsumerError:
+    error = ConsumerError(name, message, exc)
+    error.__cause__ = exc
+    logger.warning("%s", error, exc_info=exc)
+    return error
 
 
 def _store_error(

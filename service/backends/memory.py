@@ -15,7 +15,7 @@ import re
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from service.backends.base import (
@@ -171,7 +171,7 @@ class InMemoryBackend(MessagingBackend):
             for position in redo:
                 queue.holders[position] = member
                 message = queue.pending[position]
-                queue.pending[position] = replace(message, attempt=message.attempt + 1)
+                queue.pending[position] = message._replace(attempt=message.attempt + 1)
             return InMemorySubscription(self, queue_name, member, redo)
 
     def _take(self, queue_name: str, member: int, limit: int) -> list[Message]:

@@ -100,7 +100,7 @@ class JsonSerializer(Serializer):
                     "in serializer_bindings"
                 )
         try:
-            payload = json.loads(data)
+            payload = json.loads(data.decode("utf-8"))  # RFC 8259: JSON on the wire is UTF-8
         except (UnicodeDecodeError, ValueError) as exc:
             raise DeserializationError(f"payload is not valid JSON: {exc}") from exc
         if not isinstance(payload, dict):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka import Message as KafkaMessage
@@ -145,29 +145,34 @@ class KafkaSubscription(Subscription):
 
     def _accept(self, records: Sequence[KafkaMessage]) -> Iterator[Message]:
         delivered: list[Message] = []
+        append = delivered.append
+        trackers, retries, attempts = self._trackers, self._retries, self._attempts
         for record in records:
             error = record.error()
             if error is not None:
                 self._on_record_error(error)
                 continue
-            topic, partition = cast(str, record.topic()), cast(int, record.partition())
+            # consumed records always carry topic, partition, offset and list headers
+            topic: str = record.topic()  # type: ignore[assignment]
+            partition: int = record.partition()  # type: ignore[assignment]
             key = (topic, partition)
-            tracker = self._trackers.get(key)
-            if tracker is None or key in self._retries:
+            tracker = trackers.get(key)
+            if tracker is None or key in retries:
                 continue  # revoked, or paused for a retry: it comes again after the seek
-            offset = cast(int, record.offset())
+            offset: int = record.offset()  # type: ignore[assignment]
             tracker.delivered(offset)
-            _, timestamp = record.timestamp()
-            delivered.append(
+            timestamp = record.timestamp()[1]
+            headers = record.headers()
+            append(
                 Message(
                     topic,
                     record.value(),
-                    tuple(cast(list[tuple[str, bytes | None]], record.headers() or ())),
+                    tuple(headers) if headers else (),  # type: ignore[arg-type]
                     record.key(),
                     partition,
                     offset,
                     timestamp if timestamp > 0 else None,
-                    self._attempts.get((topic, partition, offset), 0) + 1,
+                    attempts.get((topic, partition, offset), 0) + 1 if attempts else 1,
                 )
             )
         if delivered:
@@ -175,11 +180,15 @@ class KafkaSubscription(Subscription):
         return self._still_wanted(delivered)
 
     def _still_wanted(self, delivered: list[Message]) -> Iterator[Message]:
-        """Yield each message unless its partition was rewound or revoked meanwhile."""
+        """Yield each message unless its partition was rewound meanwhile.
+
+        (Revocation happens only inside ``consume()``, never while a batch is iterated.)
+        """
+        retries = self._retries
         for message in delivered:
-            key = (message.topic, message.partition)
-            if key in self._trackers and key not in self._retries:
-                yield message
+            if retries and (message.topic, message.partition) in retries:
+                continue
+            yield message
 
     def _on_record_error(self, error: KafkaError) -> None:
         code = error.code()

@@ -1,0 +1,153 @@
+"""``make bench``: raw confluent-kafka loop vs MessageDispatcher on the same data.
+
+Publishes N JSON messages (~200 bytes, 6 partitions) to a fresh topic, then measures in the
+same run, each on a fresh consumer group:
+
+(a) raw: ``Consumer.consume(1000)``, read value and headers, ``json.loads``;
+(b) ``MessageDispatcher`` on ``KafkaBackend`` with one no-op consumer.
+
+The broker is ``KAFKA_BOOTSTRAP_SERVERS`` if set, else a local JVM broker started here.
+Results go to stdout and ``bench/results/dispatcher.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pathlib
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from confluent_kafka import Consumer as RawConsumer
+from confluent_kafka import Producer
+
+from service import Consumer, JsonSerializer, MessageDispatcher, SerializerRegistry
+from service.backends.kafka import KafkaBackend
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+
+
+@contextlib.contextmanager
+def broker() -> Iterator[str]:
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+    from tests.support.local_brokers import local_kafka
+
+    with tempfile.TemporaryDirectory() as tmp, local_kafka(pathlib.Path(tmp)) as bootstrap:
+        yield bootstrap
+
+
+def publish(bootstrap: str, topic: str, count: int) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all"})
+    body = {"order_id": "", "amount": 0, "currency": "EUR", "note": "x" * 120}
+    for i in range(count):
+        body["order_id"], body["amount"] = f"order-{i:08d}", i
+        headers = [
+            ("serializer_id", b"1"),
+            ("manifest", b"dict"),
+            ("message_id", uuid.uuid4().hex.encode()),
+        ]
+        while True:
+            try:
+                producer.produce(topic, json.dumps(body).encode(), f"k{i % 64}", headers=headers)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    if producer.flush(60):
+        raise SystemExit("publishing did not complete")
+
+
+def raw_loop(bootstrap: str, topic: str, count: int) -> float:
+    consumer = RawConsumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"raw-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": True,
+        }
+    )
+    consumer.subscribe([topic])
+    seen, started = 0, None
+    while seen < count:
+        for record in consumer.consume(1000, 1.0):
+            if record.error() is not None:
+                continue
+            if started is None:
+                started = time.perf_counter()
+            record.headers()
+            json.loads(record.value())  # type: ignore[arg-type]
+            seen += 1
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    consumer.close()
+    return count / elapsed
+
+
+class Counter(Consumer):
+    def __init__(self, target: int, dispatcher: list[MessageDispatcher]) -> None:
+        super().__init__()
+        self.seen = 0
+        self.started: float | None = None
+        self.target = target
+        self.dispatcher = dispatcher
+
+    def process(self, message: Any, **kwargs: Any) -> None:
+        if self.started is None:
+            self.started = time.perf_counter()
+        self.seen += 1
+        if self.seen == self.target:
+            self.dispatcher[0].stop()
+
+
+def dispatcher_loop(bootstrap: str, topic: str, count: int) -> float:
+    backend = KafkaBackend(bootstrap)
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    backend.declare_queue(queue, topic, create=False)
+    registry = SerializerRegistry({"serializers": {"json": JsonSerializer}})
+    holder: list[MessageDispatcher] = []
+    counter = Counter(count, holder)
+    dispatcher = MessageDispatcher(registry, backend=backend)
+    holder.append(dispatcher)
+    dispatcher.attach_consumer(counter)
+    dispatcher.consume_loop(queue)
+    elapsed = time.perf_counter() - (counter.started or time.perf_counter())
+    backend.close()
+    return count / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    with broker() as bootstrap:
+        topic = f"bench-{uuid.uuid4().hex[:8]}"
+        KafkaBackend(bootstrap, partitions=6).declare_topic(topic)
+        publish(bootstrap, topic, args.messages)
+        rows = []
+        for round_ in range(1, args.rounds + 1):
+            raw = raw_loop(bootstrap, topic, args.messages)
+            dispatched = dispatcher_loop(bootstrap, topic, args.messages)
+            rows.append((round_, raw, dispatched, dispatched / raw))
+            print(f"round {round_}: raw {raw:,.0f} msg/s, dispatcher {dispatched:,.0f} msg/s, "
+                  f"ratio {dispatched / raw:.2f}", flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    lines = [
+        f"# Dispatcher vs raw confluent-kafka ({args.messages:,} JSON messages, 6 partitions)",
+        "",
+        "| round | raw msg/s | dispatcher msg/s | ratio (target >= 0.6) |",
+        "|---|---|---|---|",
+        *(f"| {r} | {a:,.0f} | {b:,.0f} | {c:.2f} |" for r, a, b, c in rows),
+    ]
+    (RESULTS / "dispatcher.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
