@@ -36,6 +36,7 @@ from service.errors import (
     SchemaRegistryError,
     SerializationError,
     ServiceError,
+    TransientError,
     UnknownManifestError,
     UnknownSerializerError,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "SimpleMessageDispatcher",
     "SingleDispatchConsumer",
     "Subscription",
+    "TransientError",
     "UnknownManifestError",
     "UnknownSerializerError",
     "consumer",

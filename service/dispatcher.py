@@ -15,7 +15,8 @@ The contract, per message delivered by the queue's subscription:
    key is stored after the consumer succeeds.
 6. If every chosen consumer succeeded and its key was stored (or ``always_ack``), the message
    is acknowledged. Otherwise it is redelivered after the retry policy's backoff, and
-   dead-lettered with the failing consumers once the policy's attempts are spent.
+   dead-lettered with the failing consumers once the policy's attempts are spent, unless
+   every error may pass (see ``service.errors``): those are retried for as long as they last.
 
 ``on_exception`` receives every consumer, deduplication and decoding error (as the
 ``service.errors`` types); ``after_consume`` is called after every message. An exception
@@ -40,6 +41,7 @@ from service.errors import (
     ConsumerError,
     DeduplicationStoreError,
     MessageError,
+    TransientError,
 )
 from service.messages import Message, read_routing
 from service.retry import RetryPolicy
@@ -255,7 +257,7 @@ class MessageDispatcher:
             return DispatchOutcome.ACKNOWLEDGED
         failing = [name for _, name in route if not progress.get(name)]
         failing += [e.consumer_name for e in errors if isinstance(e, ConsumerError)]
-        if self.retry.is_exhausted(message.attempt):
+        if self.retry.is_exhausted(message.attempt) and not all(map(_may_pass, errors)):
             reason = DeadLetterReason.from_error(
                 errors[-1], message.attempt, tuple(dict.fromkeys(failing))
             )
@@ -372,6 +374,13 @@ class SimpleMessageDispatcher(MessageDispatcher):
 def _report(callback: ExceptionCallback | None, error: Exception) -> None:
     if callback is not None:
         callback(error)
+
+
+def _may_pass(error: Exception) -> bool:
+    """Whether ``error`` may pass with time: then the message is never dead-lettered."""
+    if isinstance(error, ConsumerError):
+        return isinstance(error.__cause__, (TransientError, ConnectionError, TimeoutError))
+    return isinstance(error, (BackendError, DeduplicationStoreError))
 
 
 def _consumer_error(name: str, message: Message, exc: Exception) -> ConsumerError:

@@ -12,6 +12,7 @@
     │       ├── UnknownManifestError     the serializer knows no type for the manifest
     │       └── DeserializationError     the bytes do not decode
     ├── ConsumerError                 a consumer raised while processing (original in __cause__)
+    ├── TransientError                raise it from a consumer: "may pass, retry, never dead-letter"
     ├── BackendError                  the messaging backend failed
     │   ├── BrokerUnavailableError    the broker cannot be reached (transient)
     │   ├── AuthenticationError       the broker refused the credentials
@@ -22,8 +23,11 @@
     └── DeduplicationStoreError       the deduplication store failed
 
 ``MessageError`` subclasses are *permanent*: retrying the same bytes cannot help, so the
-dispatcher dead-letters such a message at once. ``ConsumerError`` and ``BackendError`` may
-pass, so the dispatcher retries them with backoff. Errors from libraries underneath
+dispatcher dead-letters such a message at once. A ``ConsumerError`` is retried with backoff
+and dead-lettered when the retry policy's attempts are spent, unless its cause *may pass*
+(a ``TransientError``, ``ConnectionError`` or ``TimeoutError`` raised by the consumer), and
+so are infrastructure errors (``BackendError``, ``DeduplicationStoreError``): those are
+retried with backoff for as long as they last, never dead-lettered. Errors from libraries underneath
 (confluent-kafka, fastavro, json) are translated at the boundary with ``raise ... from exc``.
 """
 
@@ -51,6 +55,7 @@ __all__ = [
     "SchemaRegistryError",
     "SerializationError",
     "ServiceError",
+    "TransientError",
     "UnknownManifestError",
     "UnknownSerializerError",
 ]
@@ -122,6 +127,13 @@ class ConsumerError(ServiceError):
             f"consumer {consumer_name} failed on {message.location}: "
             f"{type(cause).__name__}: {cause}"
         )
+
+
+class TransientError(ServiceError):
+    """Raise from a consumer when the failure may pass (a dependency is unreachable).
+
+    The message is retried with backoff for as long as it takes and never dead-lettered.
+    """
 
 
 class BackendError(ServiceError):

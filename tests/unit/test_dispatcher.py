@@ -20,6 +20,7 @@ from service import (
     NullCache,
     RetryPolicy,
     SimpleMessageDispatcher,
+    TransientError,
     UnknownManifestError,
     UnknownSerializerError,
     link_synchronously,
@@ -384,3 +385,25 @@ def test_link_synchronously_processes_on_publish() -> None:
     assert service.payments == [DoPayment("o", 3)]
     publisher(backend).publish("elsewhere", DoPayment("o", 4))
     assert len(service.payments) == 1
+
+
+@pytest.mark.parametrize("transient", [TransientError("db down"), ConnectionError("refused")])
+def test_errors_that_may_pass_are_retried_past_max_attempts_never_dead_lettered(
+    transient: Exception,
+) -> None:
+    failures = 5
+
+    def on_message(message: DoPayment) -> None:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise transient
+
+    backend, dispatcher = make(Consumer(on_message=on_message), retry=RetryPolicy(max_attempts=2))
+    publisher(backend).publish("payments-topic", DoPayment("o", 1))
+    for _ in range(5):
+        dispatcher.consume_loop(QUEUE)
+    assert backend.dead_letters(QUEUE) == [] and len(backend.pending(QUEUE)) == 1
+    assert backend.pending(QUEUE)[0].attempt == 5
+    dispatcher.consume_loop(QUEUE)
+    assert backend.pending(QUEUE) == []
