@@ -34,19 +34,24 @@ from service.errors import (
     MissingHeaderError,
     ProduceError,
     SchemaRegistryError,
+    SchemaRegistryUnavailableError,
     SerializationError,
     ServiceError,
     TransientError,
     UnknownManifestError,
+    UnknownSchemaError,
     UnknownSerializerError,
 )
 from service.messages import Message
 from service.publisher import Publisher
 from service.retry import RetryPolicy
-from service.serializers import JsonSerializer, Serializer, SerializerRegistry
+from service.schema_registry import SchemaRegistry
+from service.schemas.catalog import SchemaCatalog
+from service.serializers import AvroSerializer, JsonSerializer, Serializer, SerializerRegistry
 
 __all__ = [
     "AuthenticationError",
+    "AvroSerializer",
     "AuthorizationError",
     "BackendError",
     "BrokerUnavailableError",
@@ -73,7 +78,10 @@ __all__ = [
     "ProduceError",
     "Publisher",
     "RetryPolicy",
+    "SchemaCatalog",
+    "SchemaRegistry",
     "SchemaRegistryError",
+    "SchemaRegistryUnavailableError",
     "SerializationError",
     "Serializer",
     "SerializerRegistry",
@@ -83,6 +91,7 @@ __all__ = [
     "Subscription",
     "TransientError",
     "UnknownManifestError",
+    "UnknownSchemaError",
     "UnknownSerializerError",
     "consumer",
     "link_synchronously",

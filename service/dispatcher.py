@@ -8,7 +8,8 @@ The contract, per message delivered by the queue's subscription:
    message is acknowledged **without being decoded**.
 4. The payload is decoded with the serializer named by its ``serializer_id``; an unknown
    serializer or manifest, or bytes that do not decode, dead-letter the message at once
-   (retrying the same bytes cannot help).
+   (retrying the same bytes cannot help). A schema registry that cannot answer is not the
+   message's fault: the message is redelivered after a backoff, for as long as it lasts.
 5. Each chosen consumer runs unless it already succeeded on this message: a key
    ``<consumer name>.<message id>`` found in the deduplication cache counts as a success, and
    so does an earlier success on the same record within this process (bounded memory). The
@@ -41,6 +42,7 @@ from service.errors import (
     ConsumerError,
     DeduplicationStoreError,
     MessageError,
+    SchemaRegistryError,
     TransientError,
 )
 from service.messages import Message, read_routing
@@ -225,6 +227,11 @@ class MessageDispatcher:
             exc.locate(message)
             _report(on_exception, exc)
             return self._dead_letter(subscription, message, DeadLetterReason.from_error(exc))
+        except SchemaRegistryError as exc:  # may pass: wait and retry, never dead-letter
+            _report(on_exception, exc)
+            if not early_ack:
+                subscription.redeliver(message, self.retry.delay(message.attempt))
+            return DispatchOutcome.RETRIED
         for refusal in errors:
             _report(on_exception, refusal)
         progress = None

@@ -10,6 +10,7 @@
     │   └── SerializationError        payload <-> object conversion failed
     │       ├── UnknownSerializerError   no serializer registered under the message's id
     │       ├── UnknownManifestError     the serializer knows no type for the manifest
+    │       ├── UnknownSchemaError       the registry has no schema under the message's schema id
     │       └── DeserializationError     the bytes do not decode
     ├── ConsumerError                 a consumer raised while processing (original in __cause__)
     ├── TransientError                raise it from a consumer: "may pass, retry, never dead-letter"
@@ -20,13 +21,15 @@
     │   ├── CommitError               an offset commit failed
     │   └── ProduceError              a record could not be published
     ├── SchemaRegistryError           the schema registry failed or refused
+    │   └── SchemaRegistryUnavailableError  it cannot be reached (transient: retried)
     └── DeduplicationStoreError       the deduplication store failed
 
 ``MessageError`` subclasses are *permanent*: retrying the same bytes cannot help, so the
 dispatcher dead-letters such a message at once. A ``ConsumerError`` is retried with backoff
 and dead-lettered when the retry policy's attempts are spent, unless its cause *may pass*
 (a ``TransientError``, ``ConnectionError`` or ``TimeoutError`` raised by the consumer), and
-so are infrastructure errors (``BackendError``, ``DeduplicationStoreError``): those are
+so are infrastructure errors (``BackendError``, ``DeduplicationStoreError``,
+``SchemaRegistryError`` while decoding): those are
 retried with backoff for as long as they last, never dead-lettered. Errors from libraries underneath
 (confluent-kafka, fastavro, json) are translated at the boundary with ``raise ... from exc``.
 """
@@ -53,10 +56,12 @@ __all__ = [
     "MissingHeaderError",
     "ProduceError",
     "SchemaRegistryError",
+    "SchemaRegistryUnavailableError",
     "SerializationError",
     "ServiceError",
     "TransientError",
     "UnknownManifestError",
+    "UnknownSchemaError",
     "UnknownSerializerError",
 ]
 
@@ -106,6 +111,10 @@ class UnknownSerializerError(SerializationError):
 
 class UnknownManifestError(SerializationError):
     """The serializer knows no message type for the manifest carried by the message."""
+
+
+class UnknownSchemaError(SerializationError):
+    """The schema registry has no schema under the id the payload names."""
 
 
 class DeserializationError(SerializationError):
@@ -162,6 +171,10 @@ class ProduceError(BackendError):
 
 class SchemaRegistryError(ServiceError):
     """The schema registry could not be reached or refused a request."""
+
+
+class SchemaRegistryUnavailableError(SchemaRegistryError):
+    """The schema registry cannot be reached or answered 5xx; it may pass."""
 
 
 class DeduplicationStoreError(ServiceError):

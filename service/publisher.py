@@ -53,7 +53,7 @@ class Publisher:
             ProduceError: the backend did not accept the record.
         """
         serializer = self._registry.find_serializer_for(data)
-        payload = serializer.serialize(data)
+        payload = serializer.serialize_to(topic, data)
         message_id = message_id or uuid.uuid4().hex
         routing: Headers = (
             (SERIALIZER_ID_HEADER, str(serializer.identifier()).encode()),

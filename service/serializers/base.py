@@ -33,6 +33,14 @@ class Serializer(ABC):
             SerializationError: ``data`` cannot be encoded by this serializer.
         """
 
+    def serialize_to(self, topic: str, data: Any) -> bytes:
+        """Encode ``data`` for publishing to ``topic``; :meth:`serialize` unless overridden.
+
+        Serializers whose encoding depends on the topic (Avro's topic-record subject
+        strategy) override it.
+        """
+        return self.serialize(data)
+
     @abstractmethod
     def deserialize(self, data: bytes, manifest: str | None = None) -> Any:
         """Decode ``data`` written with type ``manifest``.

@@ -1,0 +1,253 @@
+"""AvroSerializer (identifier 2): Confluent wire format with a schema registry.
+
+Wire format of the value: magic byte ``0``, the writer schema's registry id as 4 bytes
+big-endian, then the Avro binary encoding, so Confluent's deserializers, Kafka tools and
+other languages read it. The ``serializer_id`` (2) and ``manifest`` (the record full name)
+headers are set as for every serializer.
+
+* Publishing: the writer schema is the local ``schemas/`` file of the message's manifest; its
+  registry id is looked up, or registered when ``auto_register``, once per subject, then
+  cached.
+* Consuming: the writer schema is fetched by id (cached, bounded LRU) and resolved against
+  the local reader schema of the manifest, so a v1 writer is read by a v2 reader and the
+  reverse, as Avro's resolution rules allow.
+* Schemas are parsed once; a message costs one fastavro encode or decode plus the dataclass
+  conversion built when the class was bound.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Literal
+
+import fastavro
+from fastavro.validation import ValidationError, validate
+
+from service.consumers import manifest_of
+from service.errors import (
+    ConfigurationError,
+    DeserializationError,
+    SerializationError,
+    UnknownManifestError,
+)
+from service.schema_registry import SchemaRegistry
+from service.schemas.binding import RecordCodec, bind_record
+from service.schemas.catalog import SchemaCatalog, SchemaFile, schema_from_definition
+from service.serializers.base import Serializer
+
+__all__ = ["AvroSerializer", "SubjectStrategy"]
+
+SubjectStrategy = Literal["record", "topic_record"]
+_HEADER = struct.Struct(">bI")
+_MAGIC = 0
+_DECODE_ERRORS = (
+    EOFError,
+    ValueError,
+    TypeError,
+    IndexError,
+    KeyError,
+    UnicodeDecodeError,
+    OverflowError,
+)
+
+
+class AvroSerializer(Serializer):
+    """Avro with a Confluent-compatible schema registry; see the module docstring.
+
+    Args:
+        catalog: the local schemas (``schemas/``), by manifest.
+        registry: the schema registry client.
+        subject_strategy: ``"record"`` (subject = manifest, the default) or
+            ``"topic_record"`` (subject = ``<topic>-<manifest>``).
+        auto_register: register a schema missing from the registry on first publish;
+            otherwise publishing such a message is a ``SerializationError``.
+        writer_cache_size: how many writer schemas (by id) are kept parsed.
+    """
+
+    IDENTIFIER = 2
+
+    def __init__(
+        self,
+        catalog: SchemaCatalog,
+        registry: SchemaRegistry,
+        *,
+        subject_strategy: SubjectStrategy = "record",
+        auto_register: bool = True,
+        writer_cache_size: int = 1000,
+    ) -> None:
+        if subject_strategy not in ("record", "topic_record"):
+            raise ConfigurationError(
+                f"subject_strategy must be 'record' or 'topic_record', not {subject_strategy!r}"
+            )
+        self.catalog = catalog
+        self.registry = registry
+        self.subject_strategy = subject_strategy
+        self.auto_register = auto_register
+        self._codecs: dict[str, RecordCodec] = {}
+        self._schema_ids: dict[str, int] = {}
+        self._writers: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._writer_cache_size = writer_cache_size
+        self._lock = threading.Lock()
+
+    def identifier(self) -> int:
+        """Always 2."""
+        return self.IDENTIFIER
+
+    def bind(self, cls: type) -> None:
+        """Bind dataclass ``cls`` to the schema of its manifest, checking fields and types.
+
+        Raises:
+            ConfigurationError: no schema file has the class's manifest, or the class and
+                the schema differ (the message names the class, the file and the field).
+        """
+        manifest = manifest_of(cls)
+        schema = self.catalog.get(manifest)
+        if schema is None:
+            raise ConfigurationError(
+                f"{cls.__qualname__}: no schema in {self.catalog.directory} defines the record "
+                f"{manifest!r} (a class's manifest is its __manifest__, else its name)"
+            )
+        self._codecs[manifest] = bind_record(cls, schema.parsed, schema.path)
+
+    def _codec(self, manifest: str) -> RecordCodec:
+        codec = self._codecs.get(manifest)
+        if codec is None:
+            raise UnknownManifestError(
+                f"AvroSerializer has no class bound to manifest {manifest!r}; bind one in "
+                "serializer_bindings"
+            )
+        return codec
+
+    # -- publishing ---------------------------------------------------------------------
+    def serialize(self, data: Any) -> bytes:
+        """Encode ``data`` with the record-name subject strategy's schema id."""
+        return self.serialize_to("", data)
+
+    def serialize_to(self, topic: str, data: Any) -> bytes:
+        """Encode ``data`` for ``topic``.
+
+        Raises:
+            SerializationError: the class is not bound, or a field does not fit the schema
+                (the field is named); nothing is sent.
+            SchemaRegistryError: the registry refused or could not be reached.
+        """
+        manifest = manifest_of(type(data))
+        codec = self._codec(manifest)
+        schema = self.catalog[manifest]
+        record = codec.to_avro(data)
+        schema_id = self._schema_id(schema, topic)
+        buffer = io.BytesIO()
+        buffer.write(_HEADER.pack(_MAGIC, schema_id))
+        try:
+            fastavro.schemaless_writer(buffer, schema.parsed, record)
+        except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+            raise SerializationError(
+                f"{type(data).__qualname__} does not fit {schema.path.name}: "
+                f"{_explain(schema, record, exc)}"
+            ) from exc
+        return buffer.getvalue()
+
+    def _schema_id(self, schema: SchemaFile, topic: str) -> int:
+        if self.subject_strategy == "record":
+            subject = schema.manifest
+        elif topic:
+            subject = f"{topic}-{schema.manifest}"
+        else:
+            raise SerializationError(
+                "the topic_record subject strategy needs the topic: publish with "
+                "service.Publisher, which passes it"
+            )
+        schema_id = self._schema_ids.get(subject)
+        if schema_id is None:
+            if self.auto_register:
+                schema_id = self.registry.register(subject, schema.text)
+            else:
+                found = self.registry.lookup(subject, schema.text)
+                if found is None:
+                    raise SerializationError(
+                        f"{schema.path.name} is not registered under subject {subject!r} and "
+                        "auto_register is off: run `schemas register` first"
+                    )
+                schema_id = found.schema_id
+            self._schema_ids[subject] = schema_id
+        return schema_id
+
+    # -- consuming ----------------------------------------------------------------------
+    def deserialize(self, data: bytes, manifest: str | None = None) -> Any:
+        """Decode Confluent-framed Avro ``data`` into the class bound to ``manifest``.
+
+        Raises:
+            UnknownManifestError: no class is bound to ``manifest``.
+            DeserializationError: wrong magic byte, truncated, or bytes that do not match
+                the writer schema.
+            UnknownSchemaError: the registry has no schema with the payload's id.
+            SchemaRegistryUnavailableError: the registry cannot be reached (may pass).
+        """
+        codec = self._codec(manifest or "")
+        reader = self.catalog[manifest or ""]
+        if len(data) < _HEADER.size or data[0] != _MAGIC:
+            raise DeserializationError(
+                f"not Confluent-framed Avro: expected magic byte 0 and a 4-byte schema id, got "
+                f"{data[:5]!r} ({len(data)} bytes)"
+            )
+        schema_id = _HEADER.unpack_from(data)[1]
+        writer = self._writer(schema_id)
+        stream = io.BytesIO(data)
+        stream.seek(_HEADER.size)
+        try:
+            record = fastavro.schemaless_reader(stream, writer, reader.parsed)
+        except _DECODE_ERRORS as exc:
+            raise DeserializationError(
+                f"payload does not decode with writer schema id {schema_id} as "
+                f"{reader.manifest}: {type(exc).__name__}: {exc}"
+            ) from exc
+        except fastavro.read.SchemaResolutionError as exc:
+            raise DeserializationError(
+                f"writer schema id {schema_id} cannot be read as {reader.manifest} "
+                f"({reader.path.name}): {exc}"
+            ) from exc
+        if stream.tell() != len(data):
+            raise DeserializationError(
+                f"{len(data) - stream.tell()} bytes left over after decoding with writer schema "
+                f"id {schema_id}: the payload does not match that schema"
+            )
+        try:
+            return codec.from_avro(record)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise DeserializationError(
+                f"decoded {reader.manifest} does not fit {codec.cls.__qualname__}: {exc}"
+            ) from exc
+
+    def _writer(self, schema_id: int) -> dict[str, Any]:
+        with self._lock:
+            writer = self._writers.get(schema_id)
+            if writer is not None:
+                self._writers.move_to_end(schema_id)
+                return writer
+        text = self.registry.schema_text(schema_id)
+        try:
+            definition = json.loads(text)
+            writer = schema_from_definition(definition, Path(f"<registry id {schema_id}>")).parsed
+        except (ValueError, ConfigurationError) as exc:
+            raise DeserializationError(
+                f"writer schema id {schema_id} from the registry is not a record schema: {exc}"
+            ) from exc
+        with self._lock:
+            self._writers[schema_id] = writer
+            while len(self._writers) > self._writer_cache_size:
+                self._writers.popitem(last=False)
+        return writer
+
+
+def _explain(schema: SchemaFile, record: dict[str, Any], exc: Exception) -> str:
+    """Name the offending field: fastavro's writer errors often do not."""
+    try:
+        validate(record, schema.parsed, raise_errors=True)
+    except ValidationError as invalid:
+        return "; ".join(str(e) for e in invalid.errors) or str(exc)
+    return f"{type(exc).__name__}: {exc}"
