@@ -51,8 +51,8 @@ from service.serializers import AvroSerializer, JsonSerializer, Serializer, Seri
 
 __all__ = [
     "AuthenticationError",
-    "AvroSerializer",
     "AuthorizationError",
+    "AvroSerializer",
     "BackendError",
     "BrokerUnavailableError",
     "CommitError",
