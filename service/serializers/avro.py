@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import fastavro
-from fastavro.validation import ValidationError, validate
 
 from service.consumers import manifest_of
 from service.errors import (
@@ -38,6 +37,7 @@ from service.errors import (
 from service.schema_registry import SchemaRegistry
 from service.schemas.binding import RecordCodec, bind_record
 from service.schemas.catalog import SchemaCatalog, SchemaFile, schema_from_definition
+from service.schemas.misfit import locate_misfit
 from service.serializers.base import Serializer
 
 __all__ = ["AvroSerializer", "SubjectStrategy"]
@@ -122,6 +122,11 @@ class AvroSerializer(Serializer):
                 "serializer_bindings"
             )
         return codec
+
+    def record_of(self, data: Any) -> dict[str, Any]:
+        """The dict fastavro writes for ``data`` (what other Avro clients expect)."""
+        record: dict[str, Any] = self._codec(manifest_of(type(data))).to_avro(data)
+        return record
 
     # -- publishing ---------------------------------------------------------------------
     def serialize(self, data: Any) -> bytes:
@@ -245,9 +250,4 @@ class AvroSerializer(Serializer):
 
 
 def _explain(schema: SchemaFile, record: dict[str, Any], exc: Exception) -> str:
-    """Name the offending field: fastavro's writer errors often do not."""
-    try:
-        validate(record, schema.parsed, raise_errors=True)
-    except ValidationError as invalid:
-        return "; ".join(str(e) for e in invalid.errors) or str(exc)
-    return f"{type(exc).__name__}: {exc}"
+    return locate_misfit(record, schema.parsed) or f"{type(exc).__name__}: {exc}"
