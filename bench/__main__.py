@@ -4,10 +4,14 @@ Publishes N JSON messages (~200 bytes, 6 partitions) to a fresh topic, then meas
 same run, each on a fresh consumer group:
 
 (a) raw: ``Consumer.consume(1000)``, read value and headers, ``json.loads``;
-(b) ``MessageDispatcher`` on ``KafkaBackend`` with one no-op consumer.
+(b) ``MessageDispatcher`` on ``KafkaBackend`` with one no-op consumer;
 
-The broker is ``KAFKA_BOOTSTRAP_SERVERS`` if set, else a local JVM broker started here.
-Results go to stdout and ``bench/results/dispatcher.md``.
+and the same pair for Avro (``payments.DoPayment``, Confluent wire format): raw = fastavro
+decode with a cached schema, ours = the dispatcher with the ``AvroSerializer``.
+
+The broker is ``KAFKA_BOOTSTRAP_SERVERS`` if set, else a local JVM broker started here; the
+registry ``SCHEMA_REGISTRY_URL``, else a local Apicurio. Results go to stdout and
+``bench/results/dispatcher.md``.
 """
 
 from __future__ import annotations
@@ -26,10 +30,23 @@ from typing import Any
 from confluent_kafka import Consumer as RawConsumer
 from confluent_kafka import Producer
 
+from bench import avro_case
 from service import Consumer, JsonSerializer, MessageDispatcher, SerializerRegistry
 from service.backends.kafka import KafkaBackend
 
 RESULTS = pathlib.Path(__file__).parent / "results"
+
+
+@contextlib.contextmanager
+def registry() -> Iterator[str]:
+    external = os.environ.get("SCHEMA_REGISTRY_URL")
+    if external:
+        yield external
+        return
+    from tests.support.local_brokers import local_schema_registry
+
+    with tempfile.TemporaryDirectory() as tmp, local_schema_registry(pathlib.Path(tmp)) as url:
+        yield url
 
 
 @contextlib.contextmanager
@@ -124,27 +141,39 @@ def dispatcher_loop(bootstrap: str, topic: str, count: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=200_000)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    with broker() as bootstrap:
-        topic = f"bench-{uuid.uuid4().hex[:8]}"
-        KafkaBackend(bootstrap, partitions=6).declare_topic(topic)
-        publish(bootstrap, topic, args.messages)
-        rows = []
+    rows: list[tuple[str, int, float, float]] = []
+    with broker() as bootstrap, registry() as registry_url:
+        json_topic, avro_topic = (f"bench-{k}-{uuid.uuid4().hex[:8]}" for k in ("json", "avro"))
+        for topic in (json_topic, avro_topic):
+            KafkaBackend(bootstrap, partitions=6).declare_topic(topic)
+        publish(bootstrap, json_topic, args.messages)
+        avro_case.publish(bootstrap, registry_url, avro_topic, args.messages)
         for round_ in range(1, args.rounds + 1):
-            raw = raw_loop(bootstrap, topic, args.messages)
-            dispatched = dispatcher_loop(bootstrap, topic, args.messages)
-            rows.append((round_, raw, dispatched, dispatched / raw))
-            print(f"round {round_}: raw {raw:,.0f} msg/s, dispatcher {dispatched:,.0f} msg/s, "
-                  f"ratio {dispatched / raw:.2f}", flush=True)
+            raw = raw_loop(bootstrap, json_topic, args.messages)
+            ours = dispatcher_loop(bootstrap, json_topic, args.messages)
+            rows.append(("json", round_, raw, ours))
+            raw = avro_case.raw_loop(bootstrap, avro_topic, args.messages)
+            ours = avro_case.dispatcher_loop(bootstrap, registry_url, avro_topic, args.messages)
+            rows.append(("avro", round_, raw, ours))
+            for case, r, a, b in rows[-2:]:
+                print(
+                    f"{case} round {r}: raw {a:,.0f} msg/s, dispatcher {b:,.0f} msg/s, "
+                    f"ratio {b / a:.2f}",
+                    flush=True,
+                )
     RESULTS.mkdir(exist_ok=True)
     lines = [
-        f"# Dispatcher vs raw confluent-kafka ({args.messages:,} JSON messages, 6 partitions)",
+        f"# Dispatcher vs raw confluent-kafka ({args.messages:,} messages, 6 partitions)",
         "",
-        "| round | raw msg/s | dispatcher msg/s | ratio (target >= 0.6) |",
-        "|---|---|---|---|",
-        *(f"| {r} | {a:,.0f} | {b:,.0f} | {c:.2f} |" for r, a, b, c in rows),
+        "| case | round | raw msg/s | dispatcher msg/s | ratio (target >= 0.6) |",
+        "|---|---|---|---|---|",
+        *(f"| {c} | {r} | {a:,.0f} | {b:,.0f} | {b / a:.2f} |" for c, r, a, b in rows),
     ]
+    for case in ("json", "avro"):
+        ratios = sorted(b / a for c, _, a, b in rows if c == case)
+        lines.append(f"\n{case}: median ratio {ratios[len(ratios) // 2]:.2f}")
     (RESULTS / "dispatcher.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -45,6 +45,7 @@ __all__ = ["AvroSerializer", "SubjectStrategy"]
 SubjectStrategy = Literal["record", "topic_record"]
 _HEADER = struct.Struct(">bI")
 _MAGIC = 0
+_Plan = tuple[dict[str, Any], dict[str, Any] | None, RecordCodec]
 _DECODE_ERRORS = (
     EOFError,
     ValueError,
@@ -91,6 +92,7 @@ class AvroSerializer(Serializer):
         self._codecs: dict[str, RecordCodec] = {}
         self._schema_ids: dict[str, int] = {}
         self._writers: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._plans: dict[tuple[int, str], _Plan] = {}
         self._writer_cache_size = writer_cache_size
         self._lock = threading.Lock()
 
@@ -193,19 +195,22 @@ class AvroSerializer(Serializer):
             UnknownSchemaError: the registry has no schema with the payload's id.
             SchemaRegistryUnavailableError: the registry cannot be reached (may pass).
         """
-        codec = self._codec(manifest or "")
-        reader = self.catalog[manifest or ""]
         if len(data) < _HEADER.size or data[0] != _MAGIC:
+            self._codec(manifest or "")  # an unknown manifest is reported first
             raise DeserializationError(
                 f"not Confluent-framed Avro: expected magic byte 0 and a 4-byte schema id, got "
                 f"{data[:5]!r} ({len(data)} bytes)"
             )
         schema_id = _HEADER.unpack_from(data)[1]
-        writer = self._writer(schema_id)
+        plan = self._plans.get((schema_id, manifest or ""))
+        if plan is None:
+            plan = self._plan(schema_id, manifest or "")
+        writer, reader_parsed, codec = plan
+        reader = self.catalog[codec.manifest]
         stream = io.BytesIO(data)
         stream.seek(_HEADER.size)
         try:
-            record = fastavro.schemaless_reader(stream, writer, reader.parsed)
+            record = fastavro.schemaless_reader(stream, writer, reader_parsed)
         except _DECODE_ERRORS as exc:
             raise DeserializationError(
                 f"payload does not decode with writer schema id {schema_id} as "
@@ -228,6 +233,21 @@ class AvroSerializer(Serializer):
                 f"decoded {reader.manifest} does not fit {codec.cls.__qualname__}: {exc}"
             ) from exc
 
+    def _plan(self, schema_id: int, manifest: str) -> _Plan:
+        """How to decode ``schema_id`` as ``manifest``.
+
+        With the writer schema alone when it is the local schema (no resolution work), else
+        resolved against the local one.
+        """
+        codec = self._codec(manifest)
+        writer = self._writer(schema_id)
+        local = self.catalog[manifest].parsed
+        plan = (writer, None if _same_schema(writer, local) else local, codec)
+        if len(self._plans) >= self._writer_cache_size:
+            self._plans.clear()
+        self._plans[(schema_id, manifest)] = plan
+        return plan
+
     def _writer(self, schema_id: int) -> dict[str, Any]:
         with self._lock:
             writer = self._writers.get(schema_id)
@@ -247,6 +267,16 @@ class AvroSerializer(Serializer):
             while len(self._writers) > self._writer_cache_size:
                 self._writers.popitem(last=False)
         return writer
+
+
+def _same_schema(writer: Any, reader: Any) -> bool:
+    """Whether two parsed schemas are the same but for documentation."""
+    if isinstance(writer, dict) and isinstance(reader, dict):
+        keys = (writer.keys() | reader.keys()) - {"doc", "__named_schemas"}
+        return all(_same_schema(writer.get(k), reader.get(k)) for k in keys)
+    if isinstance(writer, list) and isinstance(reader, list):
+        return len(writer) == len(reader) and all(map(_same_schema, writer, reader))
+    return bool(writer == reader)
 
 
 def _explain(schema: SchemaFile, record: dict[str, Any], exc: Exception) -> str:
