@@ -80,6 +80,8 @@ class MessageDispatcher:
         poll_timeout: seconds one poll waits; bounds how long :meth:`stop` takes when idle.
         remembered_records: how many partly processed records the dispatcher remembers so
             that a redelivery runs only the consumers that have not succeeded yet.
+        confirm_timeout: seconds to wait, when the loop ends, for the dedup store to confirm
+            entries (their messages are acknowledged only then).
 
     Raises:
         ConfigurationError: no backend was given.
@@ -97,6 +99,7 @@ class MessageDispatcher:
         poll_batch: int = 1000,
         poll_timeout: float = 0.5,
         remembered_records: int = 10_000,
+        confirm_timeout: float = 30.0,
     ) -> None:
         if backend is None:
             raise ConfigurationError(
@@ -115,6 +118,7 @@ class MessageDispatcher:
         self._poll_batch = poll_batch
         self._poll_timeout = poll_timeout
         self._remembered_limit = remembered_records
+        self.confirm_timeout = confirm_timeout
         self._remembered: OrderedDict[_Record, dict[str, bool]] = OrderedDict()
         self._stop_requested = False  # a plain flag: setting it is atomic, reading it cheap
 
@@ -181,18 +185,23 @@ class MessageDispatcher:
         again; the subscription is closed (committing what is done) on the way out.
         """
         try:
-            dispatch = self.dispatch
+            dispatch, cache = self.dispatch, self._cache
             with self._backend.subscribe(queue_name) as subscription:
-                while not self._stop_requested:
-                    batch = subscription.poll(self._poll_batch, self._poll_timeout)
-                    if batch is None:
-                        return
-                    for message in batch:
-                        if self._stop_requested:
+                cache.attach(subscription)
+                try:
+                    while not self._stop_requested:
+                        batch = subscription.poll(self._poll_batch, self._poll_timeout)
+                        if batch is None:
                             return
-                        dispatch(subscription, message, on_exception)
-                        if after_consume is not None:
-                            after_consume()
+                        for message in batch:
+                            if self._stop_requested:
+                                return
+                            dispatch(subscription, message, on_exception)
+                            if after_consume is not None:
+                                after_consume()
+                        cache.poll()
+                finally:
+                    cache.flush(self.confirm_timeout)  # confirmed entries -> acks -> commit
         finally:
             self._stop_requested = False
 
@@ -259,8 +268,17 @@ class MessageDispatcher:
                     progress[name] = True
         if early_ack:
             return DispatchOutcome.ACKNOWLEDGED
-        if not errors or self.always_ack:
+        if errors and self.always_ack:
             subscription.acknowledge(message)
+            return DispatchOutcome.ACKNOWLEDGED
+        if not errors:
+            if self._dedup:  # acknowledge once the entries are durable
+                self._cache.confirm(
+                    message.partition,
+                    self._on_confirmed(subscription, message, progress, on_exception),
+                )
+            else:
+                subscription.acknowledge(message)
             return DispatchOutcome.ACKNOWLEDGED
         failing = [name for _, name in route if not progress.get(name)]
         failing += [e.consumer_name for e in errors if isinstance(e, ConsumerError)]
@@ -331,11 +349,29 @@ class MessageDispatcher:
             stored = progress[name] = not self._dedup
         if not stored:
             try:
-                self._cache.store(key, key)
+                self._cache.store(key, key, partition=message.partition)
             except Exception as exc:  # noqa: BLE001 - policy in the docstring
                 return _store_error("write", key, message, exc)
             progress[name] = True
         return None
+
+    def _on_confirmed(
+        self,
+        subscription: Subscription,
+        message: Message,
+        progress: dict[str, bool],
+        on_exception: ExceptionCallback | None,
+    ) -> Callable[[BaseException | None], None]:
+        def settle(error: BaseException | None) -> None:
+            if error is None:
+                subscription.acknowledge(message)
+                return
+            failure = _store_error("confirm", "(entries)", message, error)
+            _report(on_exception, failure)
+            self._remember(message, dict.fromkeys(progress, False))  # store them again
+            subscription.redeliver(message, self.retry.delay(message.attempt))
+
+        return settle
 
     def _dead_letter(
         self,
@@ -398,7 +434,7 @@ def _consumer_error(name: str, message: Message, exc: Exception) -> ConsumerErro
 
 
 def _store_error(
-    operation: str, key: str, message: Message, exc: Exception
+    operation: str, key: str, message: Message, exc: BaseException
 ) -> DeduplicationStoreError:
     if isinstance(exc, DeduplicationStoreError):
         return exc

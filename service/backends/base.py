@@ -20,11 +20,20 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 from service.messages import Headers, Message
 
-__all__ = ["DeadLetterReason", "MessagingBackend", "Subscription", "default_dead_letter_topic"]
+__all__ = [
+    "DeadLetterReason",
+    "MessagingBackend",
+    "RebalanceListener",
+    "Subscription",
+    "TopicPartition",
+    "default_dead_letter_topic",
+]
+
+TopicPartition = tuple[str, int]
 
 DLQ_HEADER_PREFIX = "dlq."
 
@@ -78,8 +87,25 @@ class DeadLetterReason:
         )
 
 
+class RebalanceListener(Protocol):
+    """Told when a subscription gains or loses partitions (inside :meth:`Subscription.poll`)."""
+
+    def on_assigned(self, partitions: list[TopicPartition]) -> None:
+        """``partitions`` were assigned; no message of them is delivered before this returns."""
+
+    def on_revoked(self, partitions: list[TopicPartition]) -> None:
+        """``partitions`` are being revoked; their done work is committed after this returns."""
+
+
 class Subscription(ABC):
     """One member of a queue's consumer group: polls messages and settles each one."""
+
+    def add_listener(self, listener: RebalanceListener) -> None:
+        """Tell ``listener`` about assignments from now on.
+
+        A backend without rebalances (in memory) never calls it.
+        """
+        del listener
 
     @abstractmethod
     def poll(self, max_messages: int, timeout: float) -> Iterable[Message] | None:

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-__all__ = ["DeduplicationCache", "NullCache"]
+if TYPE_CHECKING:
+    from service.backends.base import Subscription
+
+Confirmation = Callable[[BaseException | None], None]
+"""Called once stored entries are durable (``None``) or could not be made so (the error)."""
+
+__all__ = ["Confirmation", "DeduplicationCache", "NullCache"]
 
 
 class DeduplicationCache(ABC):
@@ -14,11 +22,45 @@ class DeduplicationCache(ABC):
     :meth:`store` after the consumer succeeded. Implementations raise
     :class:`service.errors.DeduplicationStoreError` when the store cannot be used; the
     dispatcher then retries the message rather than guess.
+
+    A store that writes asynchronously (:class:`CompactedTopicCache`) tells the dispatcher
+    when a message's entries are durable through :meth:`confirm`; the message is
+    acknowledged only then. The other hooks have do-nothing defaults.
     """
 
     @abstractmethod
-    def store(self, key: str, value: str, expire: float | None = None) -> None:
-        """Remember ``key`` (with ``value``) for ``expire`` seconds, or the store's default."""
+    def store(
+        self, key: str, value: str, expire: float | None = None, *, partition: int | None = None
+    ) -> None:
+        """Remember ``key`` (with ``value``) for ``expire`` seconds, or the store's default.
+
+        ``partition`` is the input partition of the message the key belongs to; stores that
+        are partitioned like their input use it.
+        """
+
+    def confirm(self, partition: int | None, callback: Confirmation) -> None:
+        """Call ``callback`` once everything stored so far for ``partition`` is durable.
+
+        The default store is durable as soon as :meth:`store` returns: it calls at once.
+        """
+        del partition
+        callback(None)
+
+    def poll(self) -> None:  # noqa: B027 - an optional hook: nothing to serve by default
+        """Serve pending confirmations without waiting (called from the consuming loop)."""
+
+    def flush(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds until pending confirmations are served."""
+        del timeout
+
+    def attach(self, subscription: Subscription) -> None:
+        """Follow ``subscription``'s partition assignments (partitioned stores restore)."""
+        del subscription
+
+    @property
+    def is_ready(self) -> bool:
+        """False while the store is restoring and cannot answer yet."""
+        return True
 
     @abstractmethod
     def get(self, key: str) -> str | None:
@@ -36,9 +78,11 @@ class NullCache(DeduplicationCache):
     redelivered within the same process.
     """
 
-    def store(self, key: str, value: str, expire: float | None = None) -> None:
+    def store(
+        self, key: str, value: str, expire: float | None = None, *, partition: int | None = None
+    ) -> None:
         """Forget ``key`` at once."""
-        del key, value, expire
+        del key, value, expire, partition
 
     def get(self, key: str) -> str | None:
         """Always ``None``."""

@@ -40,7 +40,9 @@ class InMemoryCache(DeduplicationCache):
         """The number of keys held, expired ones included until they are looked up."""
         return len(self._entries)
 
-    def store(self, key: str, value: str, expire: float | None = None) -> None:
+    def store(
+        self, key: str, value: str, expire: float | None = None, *, partition: int | None = None
+    ) -> None:
         """Remember ``key`` until ``expire`` seconds from now (or the default)."""
         ttl = self._default_expire if expire is None else expire
         deadline = None if ttl is None else self._clock() + ttl

@@ -207,7 +207,7 @@ def test_unreachable_broker_at_start_is_a_clear_error() -> None:
 
 # -- separate processes ---------------------------------------------------------------
 def start_worker(
-    bootstrap: str, queue: str, ledger: Path, sleep_ms: int = 0
+    bootstrap: str, queue: str, ledger: Path, *options: str, sleep_ms: int = 0
 ) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [
@@ -220,6 +220,7 @@ def start_worker(
             str(ledger),
             "--sleep-ms",
             str(sleep_ms),
+            *options,
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from service import Consumer, MessageDispatcher
+from service.dedup.kafka import CompactedTopicCache
 from tests.kafka_helpers import kafka_backend
 from tests.payments import json_registry
 
@@ -40,10 +41,18 @@ def main() -> int:
     parser.add_argument("topic")
     parser.add_argument("ledger")
     parser.add_argument("--sleep-ms", type=int, default=0)
+    parser.add_argument("--dedup", action="store_true", help="CompactedTopicCache <queue>.dedup")
+    parser.add_argument("--commit-every", type=int, default=1000)
+    parser.add_argument("--commit-interval", type=float, default=1.0)
     args = parser.parse_args()
-    backend = kafka_backend(args.bootstrap)
+    backend = kafka_backend(
+        args.bootstrap, commit_every=args.commit_every, commit_interval=args.commit_interval
+    )
     backend.declare_queue(args.queue, args.topic, create=False)
-    dispatcher = MessageDispatcher(json_registry(), backend=backend, poll_timeout=0.2)
+    cache = (
+        CompactedTopicCache(backend, f"{args.queue}.dedup", partitions=3) if args.dedup else None
+    )
+    dispatcher = MessageDispatcher(json_registry(), cache=cache, backend=backend, poll_timeout=0.2)
     dispatcher.attach_consumer(LedgerConsumer(args.ledger, args.sleep_ms))
     signal.signal(signal.SIGTERM, lambda *_: dispatcher.stop())
     print("ready", flush=True)

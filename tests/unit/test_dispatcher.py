@@ -321,7 +321,9 @@ class BrokenCache(InMemoryCache):
             raise ConnectionError("store unreachable")
         return super().get(key)
 
-    def store(self, key: str, value: str, expire: float | None = None) -> None:
+    def store(
+        self, key: str, value: str, expire: float | None = None, *, partition: int | None = None
+    ) -> None:
         raise ConnectionError("store unreachable")
 
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import Message as KafkaMessage
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
@@ -206,6 +206,15 @@ class KafkaBackend(MessagingBackend):
         return self._queues.get(queue_name) or QueueBinding(
             (queue_name,), queue_name, default_dead_letter_topic(queue_name)
         )
+
+    # -- clients for other parts of the service ------------------------------------------
+    def new_producer(self, overrides: Mapping[str, Any]) -> Producer:
+        """A producer with this backend's connection settings plus ``overrides``."""
+        return Producer({**self._client_config, **overrides})
+
+    def new_consumer(self, overrides: Mapping[str, Any]) -> Consumer:
+        """A consumer with this backend's connection settings plus ``overrides``."""
+        return Consumer({**self._client_config, **overrides})
 
     # -- publishing -------------------------------------------------------------------
     def _producer_client(self) -> Producer:

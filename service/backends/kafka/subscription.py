@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 
-from service.backends.base import DeadLetterReason, Subscription
+from service.backends.base import DeadLetterReason, RebalanceListener, Subscription
 from service.backends.kafka.errors import translate
 from service.backends.kafka.offsets import PartitionTracker
 from service.errors import BrokerUnavailableError
@@ -63,6 +63,7 @@ class KafkaSubscription(Subscription):
         self._trackers: dict[_Partition, PartitionTracker] = {}
         self._retries: dict[_Partition, tuple[float, int]] = {}
         self._attempts: dict[tuple[str, int, int], int] = {}
+        self._listeners: list[RebalanceListener] = []
         self._done_since_commit = 0
         self._last_commit = time.monotonic()
         self._closed = False
@@ -98,13 +99,22 @@ class KafkaSubscription(Subscription):
                     ) from exc
 
     # -- rebalance callbacks (run inside consume()) --------------------------------------
+    def add_listener(self, listener: RebalanceListener) -> None:
+        """Call ``listener`` on every assignment and revocation from now on."""
+        self._listeners.append(listener)
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._trackers[(tp.topic, tp.partition)] = PartitionTracker()
         logger.info("queue %r assigned %s", self.queue_name, _names(partitions))
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        for listener in self._listeners:
+            listener.on_assigned(keys)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = {(tp.topic, tp.partition) for tp in partitions}
+        for listener in self._listeners:
+            listener.on_revoked(sorted(keys))  # e.g. confirm dedup entries: more is done
         self._commit(keys, asynchronous=False)
         self._forget(keys)
         logger.info("queue %r revoked %s", self.queue_name, _names(partitions))
@@ -288,11 +298,13 @@ class KafkaSubscription(Subscription):
             )
 
     def close(self) -> None:
-        """Commit what is done, synchronously, and leave the group."""
+        """Tell listeners the partitions go, commit what is done, and leave the group."""
         if self._closed:
             return
         self._closed = True
         try:
+            for listener in self._listeners:
+                listener.on_revoked(sorted(self._trackers))
             self._commit(set(self._trackers), asynchronous=False)
         finally:
             self._consumer.close()

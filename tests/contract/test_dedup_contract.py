@@ -1,0 +1,79 @@
+"""The DeduplicationCache contract, run on NullCache, InMemoryCache and CompactedTopicCache."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from service import DeduplicationCache, InMemoryCache, NullCache
+from service.dedup.kafka import CompactedTopicCache
+from tests.kafka_helpers import kafka_backend, unique
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Store:
+    cache: DeduplicationCache
+    clock: Clock
+    remembers: bool
+
+
+@pytest.fixture(params=["null", "memory", "compacted"])
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    clock = Clock()
+    if request.param == "null":
+        yield Store(NullCache(), clock, remembers=False)
+    elif request.param == "memory":
+        yield Store(InMemoryCache(default_expire=60, clock=clock), clock, remembers=True)
+    else:
+        backend = kafka_backend(request.getfixturevalue("kafka_bootstrap"))
+        cache = CompactedTopicCache(backend, unique("dedup"), window=60, clock=clock)
+        yield Store(cache, clock, remembers=True)
+        cache.flush(10)
+        backend.close()
+
+
+def confirmed(store: Store, partition: int = 0) -> list[BaseException | None]:
+    outcomes: list[BaseException | None] = []
+    store.cache.confirm(partition, outcomes.append)
+    store.cache.flush(10)
+    return outcomes
+
+
+def test_a_stored_key_is_remembered_and_confirmed(store: Store) -> None:
+    store.cache.store("tests.A.m1", "tests.A.m1", partition=0)
+    assert confirmed(store) == [None]
+    assert ("tests.A.m1" in store.cache) is store.remembers
+    assert (store.cache.get("tests.A.m1") is not None) is store.remembers
+    assert "tests.A.other" not in store.cache
+    assert store.cache.get("tests.A.other") is None
+
+
+def test_keys_expire_after_the_default_or_given_time(store: Store) -> None:
+    store.cache.store("short", "short", expire=5, partition=0)
+    store.cache.store("default", "default", partition=0)
+    assert confirmed(store) == [None]
+    store.clock.now += 6
+    assert "short" not in store.cache
+    assert ("default" in store.cache) is store.remembers
+    store.clock.now += 60
+    assert "default" not in store.cache
+
+
+def test_confirm_with_nothing_pending_answers_at_once(store: Store) -> None:
+    outcomes: list[BaseException | None] = []
+    store.cache.confirm(0, outcomes.append)
+    assert outcomes == [None]
+
+
+def test_is_ready_when_not_restoring(store: Store) -> None:
+    assert store.cache.is_ready
