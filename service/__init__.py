@@ -16,8 +16,10 @@ from service.backends import (
     Subscription,
     link_synchronously,
 )
+from service.backends.kafka import KafkaBackend
 from service.consumers import Consumer, SingleDispatchConsumer, consumer, manifest_of
 from service.dedup import DeduplicationCache, InMemoryCache, NullCache
+from service.dedup.kafka import CompactedTopicCache
 from service.dispatcher import DispatchOutcome, MessageDispatcher, SimpleMessageDispatcher
 from service.errors import (
     AuthenticationError,
@@ -56,6 +58,7 @@ __all__ = [
     "BackendError",
     "BrokerUnavailableError",
     "CommitError",
+    "CompactedTopicCache",
     "ConfigurationError",
     "Consumer",
     "ConsumerError",
@@ -68,6 +71,7 @@ __all__ = [
     "InMemoryBackend",
     "InMemoryCache",
     "JsonSerializer",
+    "KafkaBackend",
     "MalformedHeaderError",
     "Message",
     "MessageDispatcher",

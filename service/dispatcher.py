@@ -80,8 +80,8 @@ class MessageDispatcher:
         poll_timeout: seconds one poll waits; bounds how long :meth:`stop` takes when idle.
         remembered_records: how many partly processed records the dispatcher remembers so
             that a redelivery runs only the consumers that have not succeeded yet.
-        confirm_timeout: seconds to wait, when the loop ends, for the dedup store to confirm
-            entries (their messages are acknowledged only then).
+        confirm_timeout: seconds to wait, when the loop ends, for the dedup store to make
+            its entries durable.
 
     Raises:
         ConfigurationError: no backend was given.
@@ -201,7 +201,7 @@ class MessageDispatcher:
                                 after_consume()
                         cache.poll()
                 finally:
-                    cache.flush(self.confirm_timeout)  # confirmed entries -> acks -> commit
+                    cache.flush(self.confirm_timeout)  # entries durable before the last commit
         finally:
             self._stop_requested = False
 
@@ -272,13 +272,7 @@ class MessageDispatcher:
             subscription.acknowledge(message)
             return DispatchOutcome.ACKNOWLEDGED
         if not errors:
-            if self._dedup:  # acknowledge once the entries are durable
-                self._cache.confirm(
-                    message.partition,
-                    self._on_confirmed(subscription, message, progress, on_exception),
-                )
-            else:
-                subscription.acknowledge(message)
+            subscription.acknowledge(message)  # committed only once its entries are durable
             return DispatchOutcome.ACKNOWLEDGED
         failing = [name for _, name in route if not progress.get(name)]
         failing += [e.consumer_name for e in errors if isinstance(e, ConsumerError)]
@@ -336,7 +330,7 @@ class MessageDispatcher:
         if stored is None:
             if self._dedup:
                 try:
-                    seen = key in self._cache
+                    seen = self._cache.get(key, partition=message.partition) is not None
                 except Exception as exc:  # noqa: BLE001 - policy in the docstring
                     return _store_error("read", key, message, exc)
                 if seen:
@@ -354,24 +348,6 @@ class MessageDispatcher:
                 return _store_error("write", key, message, exc)
             progress[name] = True
         return None
-
-    def _on_confirmed(
-        self,
-        subscription: Subscription,
-        message: Message,
-        progress: dict[str, bool],
-        on_exception: ExceptionCallback | None,
-    ) -> Callable[[BaseException | None], None]:
-        def settle(error: BaseException | None) -> None:
-            if error is None:
-                subscription.acknowledge(message)
-                return
-            failure = _store_error("confirm", "(entries)", message, error)
-            _report(on_exception, failure)
-            self._remember(message, dict.fromkeys(progress, False))  # store them again
-            subscription.redeliver(message, self.retry.delay(message.attempt))
-
-        return settle
 
     def _dead_letter(
         self,

@@ -17,7 +17,7 @@ without any of the three calls when the subscription closes is delivered again, 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
@@ -27,8 +27,8 @@ from service.messages import Headers, Message
 __all__ = [
     "DeadLetterReason",
     "MessagingBackend",
-    "RebalanceListener",
     "Subscription",
+    "SubscriptionListener",
     "TopicPartition",
     "default_dead_letter_topic",
 ]
@@ -87,8 +87,8 @@ class DeadLetterReason:
         )
 
 
-class RebalanceListener(Protocol):
-    """Told when a subscription gains or loses partitions (inside :meth:`Subscription.poll`)."""
+class SubscriptionListener(Protocol):
+    """Told when a subscription gains or loses partitions, and before it commits."""
 
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
         """``partitions`` were assigned; no message of them is delivered before this returns."""
@@ -96,14 +96,26 @@ class RebalanceListener(Protocol):
     def on_revoked(self, partitions: list[TopicPartition]) -> None:
         """``partitions`` are being revoked; their done work is committed after this returns."""
 
+    def before_commit(self) -> None:
+        """Offsets are about to be committed synchronously: block until that is safe.
+
+        Raising prevents the commit.
+        """
+
+    def commit_ticket(self) -> Callable[[], bool]:
+        """A check, taken when an asynchronous commit is prepared: true once it is safe.
+
+        The offsets prepared are committed when it returns true; raising prevents it.
+        """
+
 
 class Subscription(ABC):
     """One member of a queue's consumer group: polls messages and settles each one."""
 
-    def add_listener(self, listener: RebalanceListener) -> None:
-        """Tell ``listener`` about assignments from now on.
+    def add_listener(self, listener: SubscriptionListener) -> None:
+        """Tell ``listener`` about assignments and commits from now on.
 
-        A backend without rebalances (in memory) never calls it.
+        A backend without rebalances or commits (in memory) never calls it.
         """
         del listener
 

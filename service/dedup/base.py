@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from service.backends.base import Subscription
 
-Confirmation = Callable[[BaseException | None], None]
-"""Called once stored entries are durable (``None``) or could not be made so (the error)."""
-
-__all__ = ["Confirmation", "DeduplicationCache", "NullCache"]
+__all__ = ["DeduplicationCache", "NullCache"]
 
 
 class DeduplicationCache(ABC):
@@ -23,9 +19,9 @@ class DeduplicationCache(ABC):
     :class:`service.errors.DeduplicationStoreError` when the store cannot be used; the
     dispatcher then retries the message rather than guess.
 
-    A store that writes asynchronously (:class:`CompactedTopicCache`) tells the dispatcher
-    when a message's entries are durable through :meth:`confirm`; the message is
-    acknowledged only then. The other hooks have do-nothing defaults.
+    A store that writes asynchronously (:class:`CompactedTopicCache`) follows the
+    subscription (:meth:`attach`) and makes its entries durable before any offset is
+    committed. The hooks have do-nothing defaults.
     """
 
     @abstractmethod
@@ -38,23 +34,19 @@ class DeduplicationCache(ABC):
         are partitioned like their input use it.
         """
 
-    def confirm(self, partition: int | None, callback: Confirmation) -> None:
-        """Call ``callback`` once everything stored so far for ``partition`` is durable.
-
-        The default store is durable as soon as :meth:`store` returns: it calls at once.
-        """
-        del partition
-        callback(None)
-
     def poll(self) -> None:  # noqa: B027 - an optional hook: nothing to serve by default
-        """Serve pending confirmations without waiting (called from the consuming loop)."""
+        """Serve pending write reports without waiting (called from the consuming loop)."""
 
     def flush(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds until pending confirmations are served."""
+        """Make every entry stored so far durable, waiting up to ``timeout`` seconds.
+
+        Raises:
+            DeduplicationStoreError: an entry could not be made durable.
+        """
         del timeout
 
     def attach(self, subscription: Subscription) -> None:
-        """Follow ``subscription``'s partition assignments (partitioned stores restore)."""
+        """Follow ``subscription``: restore on assignment, flush before every commit."""
         del subscription
 
     @property
@@ -63,8 +55,12 @@ class DeduplicationCache(ABC):
         return True
 
     @abstractmethod
-    def get(self, key: str) -> str | None:
-        """The value stored under ``key``, or ``None`` if absent or expired."""
+    def get(self, key: str, *, partition: int | None = None) -> str | None:
+        """The value stored under ``key``, or ``None`` if absent or expired.
+
+        ``partition``, when given, is the input partition of the message: a partitioned
+        store looks there only.
+        """
 
     def __contains__(self, key: object) -> bool:
         """Whether ``key`` is stored and not expired."""
@@ -84,7 +80,7 @@ class NullCache(DeduplicationCache):
         """Forget ``key`` at once."""
         del key, value, expire, partition
 
-    def get(self, key: str) -> str | None:
+    def get(self, key: str, *, partition: int | None = None) -> str | None:
         """Always ``None``."""
-        del key
+        del key, partition
         return None

@@ -13,10 +13,13 @@ Contract:
   (the restore runs inside the rebalance callback; :attr:`is_ready` is false meanwhile). On
   revocation their entries are dropped from memory.
 * :meth:`store` writes an entry with an idempotent producer (``acks=all``) after the consumer
-  succeeded; :meth:`confirm` reports once the broker confirmed it, and only then does the
-  dispatcher acknowledge the message, so its offset is committed after its entries are
-  durable. A crash can repeat a consumer only in the window between its success and the
-  confirmation of its entry.
+  succeeded. The subscription commits offsets only once the entries written before they
+  were prepared are confirmed (:meth:`commit_ticket`; :meth:`before_commit` waits for it on
+  revocation and close), and not at all, raising
+  :class:`~service.errors.DeduplicationStoreError`, if one failed: an input offset is
+  committed only after the entries of the messages below it are durable. A crash can then
+  repeat a consumer only in the window between its success and the confirmation of its
+  entry.
 * Memory: a digest and a shared expiry per key (measured by ``make bench``).
 * Bad state: a record that does not parse is skipped with a warning; a missing topic or
   a refused permission is a :class:`~service.errors.DeduplicationStoreError`.
@@ -28,7 +31,6 @@ import hashlib
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +38,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Produc
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from service.backends.base import Subscription, TopicPartition
-from service.dedup.base import Confirmation, DeduplicationCache
+from service.dedup.base import DeduplicationCache
 from service.errors import ConfigurationError, DeduplicationStoreError
 
 if TYPE_CHECKING:
@@ -85,12 +87,14 @@ class CompactedTopicCache(DeduplicationCache):
         self._clock = clock
         self._entries: dict[int, dict[bytes, int]] = {}  # dedup partition -> digest -> expiry
         self._owners: dict[int, set[TopicPartition]] = {}  # why a dedup partition is loaded
-        self._expiries: dict[int, int] = {}  # shared expiry ints, one per second
-        self._produced: dict[int, int] = {}
-        self._delivered: dict[int, int] = {}
-        self._failures: dict[int, BaseException] = {}
-        self._waiting: dict[int, deque[tuple[int, Confirmation]]] = {}
+        self._expiries: dict[int, tuple[int, bytes]] = {}  # shared expiries, one per second
+        self._failures: list[str] = []
+        self._produced: dict[int, int] = {}  # per dedup partition: entries written ...
+        self._delivered: dict[int, int] = {}  # ... and confirmed (in order, per partition)
         self._restoring = 0
+        self._restored_expiries: dict[bytes, int] = {}  # wire value -> shared expiry
+        self._last_key: str | None = None
+        self._last_digest = b""
         self._lock = threading.Lock()
         self._producer: Producer | None = None
         self.restored_keys = 0
@@ -104,10 +108,19 @@ class CompactedTopicCache(DeduplicationCache):
         )
 
     # -- the DeduplicationCache contract ------------------------------------------------
-    def get(self, key: str) -> str | None:
-        """``key`` itself while an unexpired entry exists (values are not kept), else None."""
-        wanted = digest(key)
-        now_ms = int(self._clock() * 1000)
+    def get(self, key: str, *, partition: int | None = None) -> str | None:
+        """``key`` itself while an unexpired entry exists (values are not kept), else None.
+
+        With ``partition``, only that dedup partition is searched.
+        """
+        if key is not self._last_key:  # get() then store() of one key: hash it once
+            self._last_key, self._last_digest = key, digest(key)
+        wanted = self._last_digest
+        now_ms = self._clock() * 1000
+        if partition is not None:
+            entries = self._entries.get(partition)
+            expiry = None if entries is None else entries.get(wanted)
+            return key if expiry is not None and expiry > now_ms else None
         for entries in list(self._entries.values()):
             expiry = entries.get(wanted)
             if expiry is not None and expiry > now_ms:
@@ -117,50 +130,84 @@ class CompactedTopicCache(DeduplicationCache):
     def store(
         self, key: str, value: str, expire: float | None = None, *, partition: int | None = None
     ) -> None:
-        """Write the entry of ``key`` to dedup partition ``partition`` (asynchronously).
+        """Queue the entry of ``key`` for dedup partition ``partition``.
+
+        The write is confirmed asynchronously; :meth:`flush` (run before every commit)
+        waits for it.
 
         Raises:
             DeduplicationStoreError: the record could not be queued.
         """
         del value
         target = 0 if partition is None else partition
-        expiry = self._expiry(self._clock() + (self.window if expire is None else expire))
-        key_digest = digest(key)
-        self._entries.setdefault(target, {})[key_digest] = expiry
-        producer = self._producer_client()
-        try:
-            producer.produce(
-                self.topic,
-                expiry.to_bytes(_EXPIRY_BYTES, "big"),
-                key_digest,
-                partition=target,
-                on_delivery=self._on_delivery,
-            )
-        except (BufferError, KafkaException) as exc:
-            raise DeduplicationStoreError(
-                f"cannot write a dedup entry to {self.topic}[{target}]: {exc}"
-            ) from exc
+        if key is not self._last_key:
+            self._last_key, self._last_digest = key, digest(key)
+        key_digest = self._last_digest
+        expiry, wire = self._expiry_pair(
+            self._clock() + (self.window if expire is None else expire)
+        )
+        entries = self._entries.get(target)
+        if entries is None:
+            entries = self._entries[target] = {}
+        entries[key_digest] = expiry
+        producer = self._producer or self._producer_client()
+        while True:
+            try:
+                producer.produce(self.topic, wire, key_digest, partition=target)
+                break
+            except BufferError:
+                producer.poll(0.05)  # the local queue is full: let deliveries drain it
+            except KafkaException as exc:
+                raise DeduplicationStoreError(
+                    f"cannot write a dedup entry to {self.topic}[{target}]: {exc}"
+                ) from exc
         self._produced[target] = self._produced.get(target, 0) + 1
-        producer.poll(0)
-
-    def confirm(self, partition: int | None, callback: Confirmation) -> None:
-        """Call ``callback`` once every entry stored so far to ``partition`` is confirmed."""
-        target = 0 if partition is None else partition
-        threshold = self._produced.get(target, 0)
-        if self._delivered.get(target, 0) >= threshold and target not in self._failures:
-            callback(None)
-            return
-        self._waiting.setdefault(target, deque()).append((threshold, callback))
 
     def poll(self) -> None:
-        """Serve delivery reports (and so confirmations) without waiting."""
+        """Serve delivery reports without waiting."""
         if self._producer is not None:
             self._producer.poll(0)
 
     def flush(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for every entry to be confirmed."""
-        if self._producer is not None:
-            self._producer.flush(timeout)
+        """Wait up to ``timeout`` seconds until the broker confirmed every entry.
+
+        Raises:
+            DeduplicationStoreError: entries failed, or are unconfirmed after ``timeout``.
+        """
+        if self._producer is None:
+            return
+        left = self._producer.flush(timeout)
+        if self._failures:
+            failures, self._failures = self._failures, []
+            raise DeduplicationStoreError(
+                f"{len(failures)} dedup entries were not written to {self.topic}; first: "
+                f"{failures[0]}; offsets stay uncommitted, so their messages come again"
+            )
+        if left:
+            raise DeduplicationStoreError(
+                f"{left} dedup entries unconfirmed by {self.topic} after {timeout}s; offsets "
+                "stay uncommitted"
+            )
+
+    def before_commit(self) -> None:
+        """Make every entry durable before offsets are committed (raising vetoes the commit)."""
+        self.flush(self._backend.dead_letter_timeout)
+
+    def commit_ticket(self) -> Callable[[], bool]:
+        """True once every entry written before this call is confirmed.
+
+        Raises (when checked):
+            DeduplicationStoreError: an entry failed; the offsets are not committed.
+        """
+        snapshot = dict(self._produced)
+        delivered = self._delivered
+
+        def durable() -> bool:
+            if self._failures:
+                self.flush(0)  # raises with the failures
+            return all(delivered.get(p, 0) >= n for p, n in snapshot.items())
+
+        return durable
 
     def attach(self, subscription: Subscription) -> None:
         """Restore and drop dedup partitions as ``subscription``'s assignment changes."""
@@ -179,31 +226,33 @@ class CompactedTopicCache(DeduplicationCache):
     def _producer_client(self) -> Producer:
         if self._producer is None:
             self._producer = self._backend.new_producer(
-                {"enable.idempotence": True, "acks": "all", "linger.ms": 2}
+                {
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "linger.ms": 5,
+                    "on_delivery": self._on_delivery,
+                }
             )
         return self._producer
 
     def _on_delivery(self, error: KafkaError | None, record: Any) -> None:
         partition = record.partition()
+        self._delivered[partition] = self._delivered.get(partition, 0) + 1
         if error is not None:
-            self._failures[partition] = DeduplicationStoreError(
-                f"dedup entry not confirmed by {self.topic}[{partition}]: {error.str()}"
-            )
-        delivered = self._delivered[partition] = self._delivered.get(partition, 0) + 1
-        waiting = self._waiting.get(partition)
-        while waiting and waiting[0][0] <= delivered:
-            _, callback = waiting.popleft()
-            callback(self._failures.get(partition))
-        if not waiting:
-            self._failures.pop(partition, None)
+            self._failures.append(f"{self.topic}[{partition}]: {error.str()}")
 
     def _expiry(self, seconds: float) -> int:
+        return self._expiry_pair(seconds)[0]
+
+    def _expiry_pair(self, seconds: float) -> tuple[int, bytes]:
+        """The shared expiry (ms, whole seconds) and its wire bytes: one object per second."""
         second = int(seconds)
         shared = self._expiries.get(second)
         if shared is None:
             if len(self._expiries) > 100_000:
                 self._expiries.clear()
-            shared = self._expiries[second] = second * 1000
+            millis = second * 1000
+            shared = self._expiries[second] = (millis, millis.to_bytes(_EXPIRY_BYTES, "big"))
         return shared
 
     # -- assignment -----------------------------------------------------------------------
@@ -219,8 +268,7 @@ class CompactedTopicCache(DeduplicationCache):
             self._restore(sorted(set(missing)))
 
     def on_revoked(self, partitions: list[TopicPartition]) -> None:
-        """Confirm what is pending, then drop the entries no assigned partition needs."""
-        self.flush(self._backend.dead_letter_timeout)
+        """Drop the entries no assigned partition needs (the commit that follows flushes)."""
         for topic, partition in partitions:
             owners = self._owners.get(partition, set())
             owners.discard((topic, partition))
@@ -235,6 +283,7 @@ class CompactedTopicCache(DeduplicationCache):
             count = self._read(partitions)
         finally:
             self._restoring -= 1
+            self._restored_expiries.clear()
         elapsed = time.monotonic() - started
         self.restored_keys += count
         self.restore_seconds += elapsed
@@ -252,6 +301,8 @@ class CompactedTopicCache(DeduplicationCache):
                 "group.id": f"{self.topic}.restore",
                 "enable.auto.commit": False,
                 "fetch.max.bytes": 52428800,
+                "max.partition.fetch.bytes": 10485760,
+                "queued.min.messages": 1000000,
                 "queued.max.messages.kbytes": 262144,
             }
         )
@@ -274,51 +325,48 @@ class CompactedTopicCache(DeduplicationCache):
             now_ms = int(self._clock() * 1000)
             count = 0
             while ends:
-                batch = consumer.consume(10_000, 1.0)
-                if not batch:  # compaction may have removed the last offsets: ask the position
-                    for tp in consumer.position([KafkaTopicPartition(self.topic, p) for p in ends]):
-                        if tp.offset >= ends[tp.partition]:
-                            del ends[tp.partition]
-                for record in batch:
-                    if record.error() is not None:
-                        raise DeduplicationStoreError(f"restoring {self.topic}: {record.error()}")
-                    number, offset = record.partition() or 0, record.offset() or 0
-                    if number not in ends:
-                        continue
-                    count += self._load(
-                        self._entries[number], record.key(), record.value(), now_ms, number, offset
-                    )
-                    if offset + 1 >= ends[number]:
-                        del ends[number]
+                count += self._load_batch(consumer.consume(10_000, 0.5), now_ms)
+                # records written after the restore began may come too: they are valid entries
+                for tp in consumer.position([KafkaTopicPartition(self.topic, p) for p in ends]):
+                    if tp.offset >= ends[tp.partition]:
+                        del ends[tp.partition]
             return count
         finally:
             consumer.close()
 
-    def _load(
-        self,
-        entries: dict[bytes, int],
-        key: bytes | None,
-        value: bytes | None,
-        now_ms: int,
-        partition: int,
-        offset: int,
-    ) -> int:
-        if key is None or len(key) != DIGEST_SIZE:
-            logger.warning(
-                "dedup %s[%d]@%d: skipped a record with a bad key", self.topic, partition, offset
-            )
-            return 0
-        if value is None:  # tombstone
-            entries.pop(key, None)
-            return 0
-        if len(value) != _EXPIRY_BYTES:
-            logger.warning(
-                "dedup %s[%d]@%d: skipped a record with a bad value", self.topic, partition, offset
-            )
-            return 0
-        expiry = int.from_bytes(value, "big")
-        if expiry <= now_ms:
-            entries.pop(key, None)
-            return 0
-        entries[key] = self._expiry(expiry / 1000)
-        return 1
+    def _load_batch(self, batch: list[Any], now_ms: int) -> int:
+        """Apply one batch of dedup records; the hot loop of a restore, kept flat."""
+        count = 0
+        entries_of, expiries = self._entries, self._restored_expiries
+        for record in batch:
+            if record.error() is not None:
+                raise DeduplicationStoreError(f"restoring {self.topic}: {record.error()}")
+            key, value = record.key(), record.value()
+            entries = entries_of[record.partition()]
+            if value is None:  # a tombstone
+                if key is not None:
+                    entries.pop(key, None)
+                continue
+            expiry = expiries.get(value)
+            if expiry is None:
+                if len(value) != _EXPIRY_BYTES:
+                    self._skip(record, "value")
+                    continue
+                expiry = expiries[value] = self._expiry(int.from_bytes(value, "big") / 1000)
+            if key is None or len(key) != DIGEST_SIZE:
+                self._skip(record, "key")
+            elif expiry > now_ms:
+                entries[key] = expiry
+                count += 1
+            else:
+                entries.pop(key, None)
+        return count
+
+    def _skip(self, record: Any, what: str) -> None:
+        logger.warning(
+            "dedup %s[%s]@%s: skipped a record with a bad %s",
+            self.topic,
+            record.partition(),
+            record.offset(),
+            what,
+        )

@@ -52,8 +52,9 @@ class InMemoryCache(DeduplicationCache):
             while len(self._entries) > self._max_entries:
                 self._entries.popitem(last=False)
 
-    def get(self, key: str) -> str | None:
+    def get(self, key: str, *, partition: int | None = None) -> str | None:
         """The value under ``key``, or ``None`` when absent or expired (then dropped)."""
+        del partition
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:

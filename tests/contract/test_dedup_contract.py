@@ -42,16 +42,9 @@ def store(request: pytest.FixtureRequest) -> Iterator[Store]:
         backend.close()
 
 
-def confirmed(store: Store, partition: int = 0) -> list[BaseException | None]:
-    outcomes: list[BaseException | None] = []
-    store.cache.confirm(partition, outcomes.append)
-    store.cache.flush(10)
-    return outcomes
-
-
-def test_a_stored_key_is_remembered_and_confirmed(store: Store) -> None:
+def test_a_stored_key_is_remembered_and_made_durable(store: Store) -> None:
     store.cache.store("tests.A.m1", "tests.A.m1", partition=0)
-    assert confirmed(store) == [None]
+    store.cache.flush(10)  # raises if an entry could not be made durable
     assert ("tests.A.m1" in store.cache) is store.remembers
     assert (store.cache.get("tests.A.m1") is not None) is store.remembers
     assert "tests.A.other" not in store.cache
@@ -61,7 +54,7 @@ def test_a_stored_key_is_remembered_and_confirmed(store: Store) -> None:
 def test_keys_expire_after_the_default_or_given_time(store: Store) -> None:
     store.cache.store("short", "short", expire=5, partition=0)
     store.cache.store("default", "default", partition=0)
-    assert confirmed(store) == [None]
+    store.cache.flush(10)
     store.clock.now += 6
     assert "short" not in store.cache
     assert ("default" in store.cache) is store.remembers
@@ -69,10 +62,9 @@ def test_keys_expire_after_the_default_or_given_time(store: Store) -> None:
     assert "default" not in store.cache
 
 
-def test_confirm_with_nothing_pending_answers_at_once(store: Store) -> None:
-    outcomes: list[BaseException | None] = []
-    store.cache.confirm(0, outcomes.append)
-    assert outcomes == [None]
+def test_flush_with_nothing_pending_returns(store: Store) -> None:
+    store.cache.flush(0.1)
+    store.cache.poll()
 
 
 def test_is_ready_when_not_restoring(store: Store) -> None:

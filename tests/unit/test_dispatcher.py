@@ -316,10 +316,10 @@ class BrokenCache(InMemoryCache):
         super().__init__()
         self.fail_reads = fail_reads
 
-    def get(self, key: str) -> str | None:
+    def get(self, key: str, *, partition: int | None = None) -> str | None:
         if self.fail_reads:
             raise ConnectionError("store unreachable")
-        return super().get(key)
+        return super().get(key, partition=partition)
 
     def store(
         self, key: str, value: str, expire: float | None = None, *, partition: int | None = None

@@ -6,7 +6,8 @@ Contract:
   lowest offset delivered and not yet done (:class:`PartitionTracker`), so completions may
   arrive out of order and a commit never passes an undone message;
 * commits are asynchronous, every ``commit_every`` done messages or ``commit_interval``
-  seconds, and synchronous when partitions are revoked and on :meth:`close`;
+  seconds, and synchronous when partitions are revoked and on :meth:`close`; listeners
+  (the dedup store) can hold a commit back until their side data is durable, or veto it;
 * :meth:`redeliver` pauses the message's partition and, after the delay, seeks back to the
   message and resumes it; the other partitions keep flowing. Messages of that partition
   already fetched behind it are dropped (they come again after the seek);
@@ -18,13 +19,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 
-from service.backends.base import DeadLetterReason, RebalanceListener, Subscription
+from service.backends.base import DeadLetterReason, Subscription, SubscriptionListener
 from service.backends.kafka.errors import translate
 from service.backends.kafka.offsets import PartitionTracker
 from service.errors import BrokerUnavailableError
@@ -63,7 +64,8 @@ class KafkaSubscription(Subscription):
         self._trackers: dict[_Partition, PartitionTracker] = {}
         self._retries: dict[_Partition, tuple[float, int]] = {}
         self._attempts: dict[tuple[str, int, int], int] = {}
-        self._listeners: list[RebalanceListener] = []
+        self._listeners: list[SubscriptionListener] = []
+        self._deferred: tuple[list[TopicPartition], list[Callable[[], bool]]] | None = None
         self._done_since_commit = 0
         self._last_commit = time.monotonic()
         self._closed = False
@@ -99,7 +101,7 @@ class KafkaSubscription(Subscription):
                     ) from exc
 
     # -- rebalance callbacks (run inside consume()) --------------------------------------
-    def add_listener(self, listener: RebalanceListener) -> None:
+    def add_listener(self, listener: SubscriptionListener) -> None:
         """Call ``listener`` on every assignment and revocation from now on."""
         self._listeners.append(listener)
 
@@ -114,7 +116,7 @@ class KafkaSubscription(Subscription):
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = {(tp.topic, tp.partition) for tp in partitions}
         for listener in self._listeners:
-            listener.on_revoked(sorted(keys))  # e.g. confirm dedup entries: more is done
+            listener.on_revoked(sorted(keys))
         self._commit(keys, asynchronous=False)
         self._forget(keys)
         logger.info("queue %r revoked %s", self.queue_name, _names(partitions))
@@ -261,6 +263,9 @@ class KafkaSubscription(Subscription):
 
     # -- committing -------------------------------------------------------------------
     def _maybe_commit(self, force: bool = False) -> None:
+        if self._deferred is not None:
+            self._commit_deferred(*self._deferred)
+            return
         now = time.monotonic()
         if force or (
             self._done_since_commit and now - self._last_commit >= self._backend.commit_interval
@@ -268,19 +273,52 @@ class KafkaSubscription(Subscription):
             self._commit(set(self._trackers), asynchronous=True)
 
     def _commit(self, keys: set[_Partition], asynchronous: bool) -> None:
-        offsets = []
-        for key in keys:
-            tracker = self._trackers.get(key)
-            if tracker is None:
-                continue
-            position = tracker.pending_commit()
-            if position is not None:
-                offsets.append(TopicPartition(key[0], key[1], position))
-                tracker.committed = position
+        """Commit the positions of ``keys`` that moved, once the listeners allow it.
+
+        A synchronous commit first runs every listener's blocking ``before_commit`` (the
+        dedup store waits for its entries there). An asynchronous one takes each listener's
+        ``commit_ticket`` and, when one is not yet satisfied, defers these positions until it
+        is (checked on every poll); the offsets committed never pass work whose side data is
+        not durable. A listener that raises prevents the commit; its error propagates.
+        """
+        offsets = self._moved(keys)
         self._done_since_commit = 0
         self._last_commit = time.monotonic()
         if not offsets:
             return
+        if not asynchronous:
+            self._deferred = None
+            for listener in self._listeners:
+                listener.before_commit()
+        elif self._listeners:
+            tickets = [listener.commit_ticket() for listener in self._listeners]
+            if not all(ticket() for ticket in tickets):
+                self._deferred = (offsets, tickets)
+                return
+        self._send(offsets, asynchronous)
+
+    def _commit_deferred(
+        self, offsets: list[TopicPartition], tickets: list[Callable[[], bool]]
+    ) -> None:
+        if all(ticket() for ticket in tickets):
+            self._deferred = None
+            live = [tp for tp in offsets if (tp.topic, tp.partition) in self._trackers]
+            if live:
+                self._send(live, asynchronous=True)
+
+    def _moved(self, keys: set[_Partition]) -> list[TopicPartition]:
+        offsets = []
+        for key in keys:
+            tracker = self._trackers.get(key)
+            if tracker is not None:
+                position = tracker.pending_commit()
+                if position is not None:
+                    offsets.append(TopicPartition(key[0], key[1], position))
+        return offsets
+
+    def _send(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        for tp in offsets:
+            self._trackers[(tp.topic, tp.partition)].committed = tp.offset
         try:
             if asynchronous:
                 self._consumer.commit(offsets=offsets, asynchronous=True)
