@@ -1,32 +1,29 @@
-"""The command line: ``kafka-dispatch`` (or ``python -m service``).
+"""``schemas register`` and ``schemas check``: the local Avro schemas against the registry.
 
-Exit codes: 0 success, 1 runtime failure (including an incompatible schema), 2 usage or
-configuration error.
+Exit codes: 0 success, 1 an incompatible schema or a registry failure, 2 usage error.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from typing import Any
 
-from service.errors import ConfigurationError, ServiceError
+from service.errors import ConfigurationError
 from service.schema_registry import SchemaRegistry
 from service.schemas.catalog import SchemaCatalog, SchemaFile
 from service.schemas.compat import breaking_changes
 
-__all__ = ["main"]
+__all__ = ["register"]
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE = 0, 1
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kafka-dispatch", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+def register(commands: Any) -> None:
+    """Add ``schemas register`` and ``schemas check``."""
     schemas = commands.add_parser("schemas", help="register or check the Avro schemas")
-    actions = schemas.add_subparsers(dest="action", required=True)
+    actions = schemas.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, text in (
         ("register", "register what is new (compatibility checked first); idempotent"),
         ("check", "check compatibility with what is registered; registers nothing"),
@@ -42,22 +39,9 @@ def _parser() -> argparse.ArgumentParser:
             "--topic",
             help="use the topic-record subject strategy (<topic>-<record>) for this topic",
         )
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "schemas":
-            return _schemas(args.action, args.registry, args.schemas, args.topic)
-    except ConfigurationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ServiceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    return EXIT_USAGE  # pragma: no cover - argparse requires a command
+        action.set_defaults(
+            handler=lambda args: _schemas(args.action, args.registry, args.schemas, args.topic)
+        )
 
 
 def _schemas(action: str, url: str | None, directory: str, topic: str | None) -> int:
@@ -99,7 +83,3 @@ def _one(action: str, registry: SchemaRegistry, subject: str, schema: SchemaFile
     version = registered.version if registered is not None else "?"
     print(f"{subject}\tversion {version}\tid {schema_id}\tregistered")
     return True
-
-
-if __name__ == "__main__":
-    sys.exit(main())
