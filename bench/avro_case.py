@@ -21,7 +21,7 @@ from service import (
     SerializerRegistry,
 )
 from service.backends.kafka import KafkaBackend
-from tests import payment_messages as pm
+from examples.payment_service import messages as pm
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -29,11 +29,17 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from service.backends.base import DeadLetterReason, MessagingBackend, Subscription
+from service.backends.base import (
+    DeadLetterReason,
+    MessagingBackend,
+    Subscription,
+    SubscriptionListener,
+)
 from service.consumers import Consumer
 from service.dedup.base import DeduplicationCache, NullCache
 from service.errors import (
@@ -49,12 +55,25 @@ from service.messages import Message, read_routing
 from service.retry import RetryPolicy
 from service.serializers.registry import SerializerRegistry
 
-__all__ = ["DispatchOutcome", "MessageDispatcher", "SimpleMessageDispatcher"]
+__all__ = ["DispatchObserver", "DispatchOutcome", "MessageDispatcher", "SimpleMessageDispatcher"]
 
 logger = logging.getLogger(__name__)
 
 ExceptionCallback = Callable[[Exception], None]
 _Record = tuple[str, int, int]
+
+
+class DispatchObserver(Protocol):
+    """Told what the dispatcher does (metrics); every method must be cheap and not raise."""
+
+    def polled(self, count: int) -> None:
+        """A poll returned ``count`` messages."""
+
+    def consumer_outcome(self, consumer: str, outcome: str) -> None:
+        """``consumer`` ended a message with ``success``, ``failure`` or ``duplicate``."""
+
+    def message_outcome(self, message: Message, outcome: DispatchOutcome, seconds: float) -> None:
+        """A message was settled as ``outcome`` after ``seconds`` of dispatching."""
 
 
 class DispatchOutcome(enum.Enum):
@@ -82,6 +101,7 @@ class MessageDispatcher:
             that a redelivery runs only the consumers that have not succeeded yet.
         confirm_timeout: seconds to wait, when the loop ends, for the dedup store to make
             its entries durable.
+        observer: told about polls and outcomes (metrics).
 
     Raises:
         ConfigurationError: no backend was given.
@@ -100,6 +120,7 @@ class MessageDispatcher:
         poll_timeout: float = 0.5,
         remembered_records: int = 10_000,
         confirm_timeout: float = 30.0,
+        observer: DispatchObserver | None = None,
     ) -> None:
         if backend is None:
             raise ConfigurationError(
@@ -119,8 +140,16 @@ class MessageDispatcher:
         self._poll_timeout = poll_timeout
         self._remembered_limit = remembered_records
         self.confirm_timeout = confirm_timeout
+        self.observer = observer
+        self.listeners: list[SubscriptionListener] = []
+        """Attached to every subscription this dispatcher opens (metrics, health)."""
+        self.subscription: Subscription | None = None
+        """The subscription of the running loop, if any."""
+        self.last_poll = 0.0
+        """``time.monotonic()`` of the last poll (health checks read it)."""
         self._remembered: OrderedDict[_Record, dict[str, bool]] = OrderedDict()
         self._stop_requested = False  # a plain flag: setting it is atomic, reading it cheap
+        self._last_outcome = "success"
 
     @property
     def backend(self) -> MessagingBackend:
@@ -187,23 +216,39 @@ class MessageDispatcher:
         try:
             dispatch, cache = self.dispatch, self._cache
             with self._backend.subscribe(queue_name) as subscription:
+                self.subscription = subscription
                 cache.attach(subscription)
+                for listener in self.listeners:
+                    subscription.add_listener(listener)
                 try:
+                    observer = self.observer
                     while not self._stop_requested:
                         batch = subscription.poll(self._poll_batch, self._poll_timeout)
+                        self.last_poll = time.monotonic()
                         if batch is None:
                             return
+                        count = 0
                         for message in batch:
                             if self._stop_requested:
                                 return
-                            dispatch(subscription, message, on_exception)
+                            if observer is None:
+                                dispatch(subscription, message, on_exception)
+                            else:
+                                started = time.perf_counter()
+                                outcome = dispatch(subscription, message, on_exception)
+                                elapsed = time.perf_counter() - started
+                                observer.message_outcome(message, outcome, elapsed)
+                            count += 1
                             if after_consume is not None:
                                 after_consume()
                         cache.poll()
+                        if observer is not None:
+                            observer.polled(count)
                 finally:
                     cache.flush(self.confirm_timeout)  # entries durable before the last commit
         finally:
             self._stop_requested = False
+            self.subscription = None
 
     consume_event = consume_loop
 
@@ -256,6 +301,10 @@ class MessageDispatcher:
                 if error is not None:
                     errors.append(error)
                     _report(on_exception, error)
+                if self.observer is not None:
+                    self.observer.consumer_outcome(
+                        name, "failure" if error is not None else self._last_outcome
+                    )
         else:  # the common case, inlined: no dedup store and a first delivery
             for consumer, name in route:
                 try:
@@ -264,8 +313,12 @@ class MessageDispatcher:
                     error = _consumer_error(name, message, exc)
                     errors.append(error)
                     _report(on_exception, error)
+                    if self.observer is not None:
+                        self.observer.consumer_outcome(name, "failure")
                 else:
                     progress[name] = True
+                    if self.observer is not None:
+                        self.observer.consumer_outcome(name, "success")
         if early_ack:
             return DispatchOutcome.ACKNOWLEDGED
         if errors and self.always_ack:
@@ -327,6 +380,7 @@ class MessageDispatcher:
         """
         stored = progress.get(name)
         key = f"{name}.{message_id}" if self._dedup else ""
+        self._last_outcome = "success" if stored is None else "duplicate"
         if stored is None:
             if self._dedup:
                 try:
@@ -335,6 +389,7 @@ class MessageDispatcher:
                     return _store_error("read", key, message, exc)
                 if seen:
                     progress[name] = True
+                    self._last_outcome = "duplicate"
                     return None
             try:
                 consumer.process(data, message_id=message_id)

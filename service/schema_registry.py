@@ -152,6 +152,10 @@ class SchemaRegistry:
             raise
         return schema.schema_str or ""
 
+    def ping(self) -> None:
+        """Ask the registry for its subjects: raises if it cannot answer."""
+        self._call("listing subjects", self._client.get_subjects)
+
     def close(self) -> None:
         """Close the HTTP connections."""
         self._client.close()

@@ -11,13 +11,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from service.cli import schemas
+from service.cli import run, schemas
 from service.errors import ConfigurationError, ServiceError
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "main"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-COMMANDS = (schemas,)
+COMMANDS = (
+    run,
+    schemas,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

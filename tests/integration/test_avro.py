@@ -37,7 +37,7 @@ from service import (
     UnknownSchemaError,
 )
 from service.backends.kafka import KafkaBackend
-from tests import payment_messages as pm
+from examples.payment_service import messages as pm
 from tests.kafka_helpers import kafka_backend, read_topic, unique
 
 pytestmark = pytest.mark.integration

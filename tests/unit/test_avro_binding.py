@@ -11,7 +11,7 @@ import pytest
 
 from service import AvroSerializer, ConfigurationError, SchemaCatalog, SchemaRegistry
 from service.schemas import bind_record
-from tests import payment_messages as pm
+from examples.payment_service import messages as pm
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = SchemaCatalog(ROOT / "schemas")

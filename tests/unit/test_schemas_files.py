@@ -17,8 +17,8 @@ import fastavro
 import fastavro.schema
 import pytest
 
-from tests import payment_messages
-from tests.payment_messages import MESSAGE_TYPES, sample_messages
+from examples.payment_service import messages as payment_messages
+from examples.payment_service.messages import MESSAGE_TYPES, sample_messages
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 SCHEMA_FILES = sorted(SCHEMA_DIR.glob("*.avsc"))

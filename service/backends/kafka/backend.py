@@ -64,6 +64,11 @@ class ConnectionWatch:
         else:
             logger.warning("%s: %s: %s", self._name, error.name(), error.str())
 
+    @property
+    def is_down(self) -> bool:
+        """Whether the last news was a transport error."""
+        return self._down
+
     def reachable(self) -> None:
         """Note that the broker answered."""
         if self._down:

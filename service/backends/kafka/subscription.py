@@ -39,6 +39,7 @@ __all__ = ["KafkaSubscription"]
 logger = logging.getLogger(__name__)
 
 _Partition = tuple[str, int]
+LAG_INTERVAL = 5.0  # seconds between lag measurements
 _IGNORED_CODES = frozenset({KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART})
 
 
@@ -65,6 +66,10 @@ class KafkaSubscription(Subscription):
         self._retries: dict[_Partition, tuple[float, int]] = {}
         self._attempts: dict[tuple[str, int, int], int] = {}
         self._listeners: list[SubscriptionListener] = []
+        self._lag: dict[_Partition, int] = {}
+        self._lag_checked = 0.0
+        self.assigned_once = False
+        """Whether the group gave this member an assignment (possibly empty) yet."""
         self._deferred: tuple[list[TopicPartition], list[Callable[[], bool]]] | None = None
         self._done_since_commit = 0
         self._last_commit = time.monotonic()
@@ -106,6 +111,7 @@ class KafkaSubscription(Subscription):
         self._listeners.append(listener)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned_once = True
         for tp in partitions:
             self._trackers[(tp.topic, tp.partition)] = PartitionTracker()
         logger.info("queue %r assigned %s", self.queue_name, _names(partitions))
@@ -152,6 +158,8 @@ class KafkaSubscription(Subscription):
         if self._retries:
             self._resume_due()
         self._maybe_commit()
+        if time.monotonic() - self._lag_checked >= LAG_INTERVAL:
+            self._measure_lag()
         records = self._consumer.consume(max_messages, timeout)
         return self._accept(records)
 
@@ -225,6 +233,36 @@ class KafkaSubscription(Subscription):
             except KafkaException as exc:
                 logger.warning("queue %r: seek %s failed: %s", self.queue_name, key, exc)
             self._consumer.resume([TopicPartition(key[0], key[1])])
+
+    # -- observing ------------------------------------------------------------------------
+    @property
+    def broker_reachable(self) -> bool:
+        """False from a transport error until a message or a commit gets through again."""
+        return not self._watch.is_down
+
+    def lag(self) -> dict[_Partition, int]:
+        """Messages behind the end, per assigned partition (refreshed every few seconds)."""
+        return dict(self._lag)
+
+    def _measure_lag(self) -> None:
+        self._lag_checked = time.monotonic()
+        if self._watch.is_down:  # idle and once unreachable: ask, so readiness comes back
+            try:
+                self._consumer.list_topics(timeout=0.5)
+            except KafkaException:
+                return
+            self._watch.reachable()
+        lag: dict[_Partition, int] = {}
+        try:
+            positions = self._consumer.position([TopicPartition(t, p) for t, p in self._trackers])
+            for tp in positions:
+                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0:
+                    lag[(tp.topic, tp.partition)] = max(high - max(tp.offset, 0), 0)
+        except KafkaException as exc:
+            logger.debug("queue %r: lag not measured: %s", self.queue_name, exc)
+            return
+        self._lag = lag
 
     # -- settling -------------------------------------------------------------------------
     def acknowledge(self, message: Message) -> None:

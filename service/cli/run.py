@@ -1,0 +1,45 @@
+"""``run -c service.yaml``: every configured queue in one process until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from service.config import load_config
+from service.logs import configure_logging
+from service.runner import ServiceRunner
+
+__all__ = ["register"]
+
+
+def register(commands: Any) -> None:
+    """Add ``run``."""
+    parser = commands.add_parser(
+        "run",
+        help="consume every configured queue until SIGTERM/SIGINT",
+        description=(
+            "Consume every queue of the configuration, each as its own consumer-group "
+            "member, with metrics and probes on the configured port. The first SIGTERM or "
+            "SIGINT finishes the messages in hand, commits and exits 0; a second one exits "
+            "at once (uncommitted work is delivered again)."
+        ),
+    )
+    add_config_argument(parser)
+    parser.set_defaults(handler=_run)
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    """``-c/--config``, default ``$SERVICE_CONFIG`` or ``service.yaml``."""
+    parser.add_argument(
+        "-c",
+        "--config",
+        default=os.environ.get("SERVICE_CONFIG", "service.yaml"),
+        help="the YAML configuration (default: $SERVICE_CONFIG or service.yaml)",
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    configure_logging(config.runtime.log_level, config.runtime.log_format)
+    return ServiceRunner(config).run()
