@@ -1,0 +1,264 @@
+"""``kafka-dispatch run`` as a subprocess on the real broker (issue 6)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from service import Consumer, Publisher
+from service.backends.kafka import KafkaBackend
+from tests.kafka_helpers import committed, kafka_backend, unique
+from tests.payments import DoPayment, json_registry
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class LedgerConsumer(Consumer):
+    """Appends every amount to $LEDGER; sleeps $SLEEP_MS per message."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._file = open(os.environ["LEDGER"], "a", buffering=1)  # noqa: SIM115
+        self._sleep = int(os.environ.get("SLEEP_MS", "0")) / 1000
+
+    def process(self, message: Any, **kwargs: Any) -> None:
+        time.sleep(self._sleep)
+        self._file.write(f"{message.amount}\n")
+
+
+def write_config(path: Path, bootstrap: str, queue: str, **extra: Any) -> Path:
+    config = {
+        "kafka": {
+            "bootstrap_servers": bootstrap,
+            "partitions": 3,
+            "consumer": {"session.timeout.ms": 6000},
+        },
+        "messages": {"tests.payments:DoPayment": "json"},
+        "queues": {
+            queue: {"consumers": ["tests.integration.test_service_run:LedgerConsumer"], **extra}
+        },
+        "service": {"metrics_port": 0, "metrics_host": "127.0.0.1", "shutdown_timeout": "20s"},
+    }
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+class Service:
+    """A running ``python -m service run`` and what it printed."""
+
+    def __init__(self, config: Path, ledger: Path, sleep_ms: int = 0) -> None:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL")
+        }
+        env.update(LEDGER=str(ledger), SLEEP_MS=str(sleep_ms), PYTHONPATH=str(ROOT))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service", "run", "-c", str(config)],
+            cwd=ROOT,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stderr is not None
+        self._stderr: IO[str] = self.proc.stderr
+        self.lines: list[str] = []
+        self.port = int(self._wait_for(r"metrics and probes on port (\d+)")[1])
+
+    def _wait_for(self, pattern: str, timeout: float = 30) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self._stderr.readline()
+            if not line:
+                raise AssertionError(f"service ended: {''.join(self.lines[-20:])}")
+            self.lines.append(line)
+            if match := re.search(pattern, line):
+                return match
+        raise AssertionError(f"{pattern!r} not seen: {''.join(self.lines[-20:])}")
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        _, text = self.get("/metrics")
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    return sample.value
+        return 0.0
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self.lines.extend(self._stderr.readlines())
+        self._stderr.close()
+        return code
+
+
+def wait_for(predicate: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def amounts(ledger: Path) -> list[int]:
+    return [int(x) for x in ledger.read_text().split()] if ledger.exists() else []
+
+
+def publish(backend: KafkaBackend, topic: str, count: int, start: int = 0) -> None:
+    publisher = Publisher(json_registry(), backend)
+    for i in range(start, start + count):
+        publisher.publish(topic, DoPayment(f"o{i}", i), key=f"k{i}")
+    backend.flush()
+
+
+def test_run_processes_reports_metrics_and_probes_then_stops_cleanly(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    queue, ledger = unique("svc"), tmp_path / "ledger"
+    backend = kafka_backend(kafka_bootstrap, partitions=3)
+    backend.declare_queue(queue)
+    service = Service(write_config(tmp_path / "c.yaml", kafka_bootstrap, queue), ledger)
+    try:
+        publish(backend, queue, 50)
+        wait_for(lambda: len(amounts(ledger)) == 50, 30)
+        wait_for(lambda: service.get("/readyz")[0] == 200, 15)
+        assert service.get("/healthz")[0] == 200
+        wait_for(
+            lambda: (
+                service.metric(
+                    "kafka_dispatch_processed_messages_total", queue=queue, outcome="success"
+                )
+                == 50
+            ),
+            10,
+        )
+        assert service.metric("kafka_dispatch_received_messages_total", queue=queue) == 50
+        assert service.metric("kafka_dispatch_assigned_partitions", queue=queue) == 3
+        assert service.metric("kafka_dispatch_processing_duration_seconds_count", queue=queue) == 50
+        assert service.get("/nope")[0] == 404
+    finally:
+        code = service.stop()
+    assert code == 0, "".join(service.lines[-20:])
+    assert sum(committed(kafka_bootstrap, queue, queue, 3)) == 50
+    backend.close()
+
+
+def test_sigterm_mid_stream_loses_nothing_and_exits_0(kafka_bootstrap: str, tmp_path: Path) -> None:
+    queue, ledger, total = unique("svc"), tmp_path / "ledger", 200
+    backend = kafka_backend(kafka_bootstrap, partitions=3)
+    backend.declare_queue(queue)
+    config = write_config(tmp_path / "c.yaml", kafka_bootstrap, queue)
+    publish(backend, queue, total)
+    service = Service(config, ledger, sleep_ms=20)
+    wait_for(lambda: len(amounts(ledger)) >= 30, 30)
+    assert service.stop() == 0
+    stopped_at = len(amounts(ledger))
+    assert stopped_at < total
+    again = Service(config, ledger)
+    try:
+        wait_for(lambda: set(amounts(ledger)) == set(range(total)), 30)
+    finally:
+        assert again.stop() == 0
+    assert sorted(set(amounts(ledger))) == list(range(total))
+    backend.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"queues": {"q": {"consumers": ["tests.payments:Nope"]}}},
+            "queues.q.consumers[0]: cannot import 'tests.payments:Nope'",
+        ),
+        (
+            {"queues": {"q": {"consumers": ["tests.payments:json_registry"], "colour": 1}}},
+            "queues.q.colour: unknown key",
+        ),
+        (
+            {
+                "kafka": {
+                    "bootstrap_servers": "x:1",
+                    "client": {"sasl.password": "${env:NOPE_NOT_SET}"},
+                }
+            },
+            "kafka.client.sasl.password: environment variable NOPE_NOT_SET is not set",
+        ),
+        (
+            {
+                "queues": {
+                    "q": {
+                        "consumers": ["tests.payments:json_registry"],
+                        "retry": {"max_attempts": 0},
+                    }
+                }
+            },
+            "queues.q.retry.max_attempts: an integer >= 1 or null",
+        ),
+    ],
+)
+def test_config_errors_say_where_and_what_and_exit_2(
+    tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    config: dict[str, Any] = {
+        "kafka": {"bootstrap_servers": "127.0.0.1:9"},
+        "queues": {"q": {"consumers": ["tests.payments:json_registry"]}},
+    }
+    config.update(change)
+    path = tmp_path / "bad.yaml"
+    path.write_text(json.dumps(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "run", "-c", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_secrets_never_appear_in_errors(tmp_path: Path) -> None:
+    path = tmp_path / "secret.yaml"
+    path.write_text(
+        json.dumps(
+            {
+                "kafka": {
+                    "bootstrap_servers": "127.0.0.1:9",
+                    "client": {"sasl.password": "hunter2-very-secret"},
+                },
+                "queues": {"q": {"consumers": ["tests.payments:json_registry"]}},
+            }
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "run", "-c", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2  # json_registry is not a Consumer factory
+    assert "hunter2" not in result.stderr + result.stdout
