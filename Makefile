@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test unit lint typecheck fetch kafka-up kafka-down bench
+.PHONY: install test unit lint typecheck fetch kafka-up kafka-down bench demo demo-stop
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,10 @@ kafka-down:
 
 bench: install fetch
 	$(PY) -m bench
+
+demo: install fetch  ## broker + registry, topics, schemas, the example service, sample traffic
+	bash deploy/local/demo.sh
+
+demo-stop:
+	-[ -f .local/demo-service.pid ] && kill $$(cat .local/demo-service.pid)
+	bash deploy/local/down.sh

@@ -21,6 +21,7 @@ from service import Consumer, Publisher
 from service.backends.kafka import KafkaBackend
 from tests.kafka_helpers import committed, kafka_backend, unique
 from tests.payments import DoPayment, json_registry
+from tests.support.local_brokers import local_kafka
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -262,3 +263,46 @@ def test_secrets_never_appear_in_errors(tmp_path: Path) -> None:
     )
     assert result.returncode == 2  # json_registry is not a Consumer factory
     assert "hunter2" not in result.stderr + result.stdout
+
+
+def _broker_pid(workdir: Path) -> int:
+    """The pid of the JVM broker whose command line names ``workdir``."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "kafka.Kafka" in cmdline and str(workdir.resolve()) in cmdline:
+                return int(proc.name)
+    raise AssertionError(f"no broker running from {workdir}")
+
+
+def test_readyz_flips_when_the_broker_goes_away_and_comes_back(tmp_path: Path) -> None:
+    workdir = tmp_path / "own-broker"
+    with local_kafka(workdir) as bootstrap:
+        queue, ledger = unique("svc"), tmp_path / "ledger"
+        backend = kafka_backend(bootstrap, partitions=3)
+        backend.declare_queue(queue)
+        config = json.loads(write_config(tmp_path / "c.yaml", bootstrap, queue).read_text())
+        config["kafka"]["client"] = {"socket.timeout.ms": 2000, "socket.keepalive.enable": True}
+        (tmp_path / "c.yaml").write_text(json.dumps(config))
+        service = Service(tmp_path / "c.yaml", ledger)
+        broker = _broker_pid(workdir)
+        try:
+            publish(backend, queue, 5)
+            wait_for(lambda: len(amounts(ledger)) == 5, 30)
+            wait_for(lambda: service.get("/readyz")[0] == 200, 20)
+            os.kill(broker, signal.SIGSTOP)  # the broker stops answering
+            try:
+                wait_for(lambda: service.get("/readyz")[0] == 503, 30)
+                _, body = service.get("/readyz")
+                assert "broker unreachable" in body
+            finally:
+                os.kill(broker, signal.SIGCONT)
+            wait_for(lambda: service.get("/readyz")[0] == 200, 40)
+            publish(backend, queue, 5, start=5)
+            wait_for(lambda: sorted(amounts(ledger)) == list(range(10)), 30)
+        finally:
+            assert service.stop() == 0
+            backend.close()
