@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from service.cli import run, schemas
+from service.cli import dlq, publish, run, schemas, topics
 from service.errors import ConfigurationError, ServiceError
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "main"]
@@ -20,6 +20,9 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 COMMANDS = (
     run,
     schemas,
+    topics,
+    publish,
+    dlq,
 )
 
 

@@ -21,6 +21,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.schema_registry.avro import AvroSerializer as ConfluentAvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+from examples.payment_service import messages as pm
 from service import (
     AvroSerializer,
     Consumer,
@@ -37,7 +38,6 @@ from service import (
     UnknownSchemaError,
 )
 from service.backends.kafka import KafkaBackend
-from examples.payment_service import messages as pm
 from tests.kafka_helpers import kafka_backend, read_topic, unique
 
 pytestmark = pytest.mark.integration

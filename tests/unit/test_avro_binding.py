@@ -9,9 +9,9 @@ from typing import ClassVar
 
 import pytest
 
+from examples.payment_service import messages as pm
 from service import AvroSerializer, ConfigurationError, SchemaCatalog, SchemaRegistry
 from service.schemas import bind_record
-from examples.payment_service import messages as pm
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = SchemaCatalog(ROOT / "schemas")
