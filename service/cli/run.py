@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
+from service.cli.topics import add_config_option
 from service.config import load_config
 from service.logs import configure_logging
 from service.runner import ServiceRunner
@@ -25,18 +25,8 @@ def register(commands: Any) -> None:
             "at once (uncommitted work is delivered again)."
         ),
     )
-    add_config_argument(parser)
+    add_config_option(parser)
     parser.set_defaults(handler=_run)
-
-
-def add_config_argument(parser: argparse.ArgumentParser) -> None:
-    """``-c/--config``, default ``$SERVICE_CONFIG`` or ``service.yaml``."""
-    parser.add_argument(
-        "-c",
-        "--config",
-        default=os.environ.get("SERVICE_CONFIG", "service.yaml"),
-        help="the YAML configuration (default: $SERVICE_CONFIG or service.yaml)",
-    )
 
 
 def _run(args: argparse.Namespace) -> int:
