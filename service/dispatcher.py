@@ -27,12 +27,11 @@ delivered again).
 
 from __future__ import annotations
 
-import enum
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from service.backends.base import (
     DeadLetterReason,
@@ -46,12 +45,19 @@ from service.errors import (
     BackendError,
     ConfigurationError,
     ConsumerError,
-    DeduplicationStoreError,
     MessageError,
     SchemaRegistryError,
-    TransientError,
 )
 from service.messages import Message, read_routing
+from service.outcomes import (
+    DispatchObserver,
+    DispatchOutcome,
+    ExceptionCallback,
+    consumer_error,
+    may_pass,
+    report,
+    store_error,
+)
 from service.retry import RetryPolicy
 from service.serializers.registry import SerializerRegistry
 
@@ -59,30 +65,7 @@ __all__ = ["DispatchObserver", "DispatchOutcome", "MessageDispatcher", "SimpleMe
 
 logger = logging.getLogger(__name__)
 
-ExceptionCallback = Callable[[Exception], None]
 _Record = tuple[str, int, int]
-
-
-class DispatchObserver(Protocol):
-    """Told what the dispatcher does (metrics); every method must be cheap and not raise."""
-
-    def polled(self, count: int) -> None:
-        """A poll returned ``count`` messages."""
-
-    def consumer_outcome(self, consumer: str, outcome: str) -> None:
-        """``consumer`` ended a message with ``success``, ``failure`` or ``duplicate``."""
-
-    def message_outcome(self, message: Message, outcome: DispatchOutcome, seconds: float) -> None:
-        """A message was settled as ``outcome`` after ``seconds`` of dispatching."""
-
-
-class DispatchOutcome(enum.Enum):
-    """How the dispatcher settled one message."""
-
-    ACKNOWLEDGED = "acknowledged"
-    SKIPPED = "skipped"  # no consumer accepts the manifest; acknowledged undecoded
-    RETRIED = "retried"
-    DEAD_LETTERED = "dead_lettered"
 
 
 class MessageDispatcher:
@@ -279,15 +262,15 @@ class MessageDispatcher:
             )
         except MessageError as exc:
             exc.locate(message)
-            _report(on_exception, exc)
+            report(on_exception, exc)
             return self._dead_letter(subscription, message, DeadLetterReason.from_error(exc))
         except SchemaRegistryError as exc:  # may pass: wait and retry, never dead-letter
-            _report(on_exception, exc)
+            report(on_exception, exc)
             if not early_ack:
                 subscription.redeliver(message, self.retry.delay(message.attempt))
             return DispatchOutcome.RETRIED
         for refusal in errors:
-            _report(on_exception, refusal)
+            report(on_exception, refusal)
         progress = None
         if self._remembered:
             progress = self._remembered.pop(
@@ -300,7 +283,7 @@ class MessageDispatcher:
                 error = self._run(consumer, name, data, message_id, message, progress)
                 if error is not None:
                     errors.append(error)
-                    _report(on_exception, error)
+                    report(on_exception, error)
                 if self.observer is not None:
                     self.observer.consumer_outcome(
                         name, "failure" if error is not None else self._last_outcome
@@ -310,9 +293,9 @@ class MessageDispatcher:
                 try:
                     consumer.process(data, message_id=message_id)
                 except Exception as exc:  # noqa: BLE001 - policy: see _run
-                    error = _consumer_error(name, message, exc)
+                    error = consumer_error(name, message, exc)
                     errors.append(error)
-                    _report(on_exception, error)
+                    report(on_exception, error)
                     if self.observer is not None:
                         self.observer.consumer_outcome(name, "failure")
                 else:
@@ -329,7 +312,7 @@ class MessageDispatcher:
             return DispatchOutcome.ACKNOWLEDGED
         failing = [name for _, name in route if not progress.get(name)]
         failing += [e.consumer_name for e in errors if isinstance(e, ConsumerError)]
-        if self.retry.is_exhausted(message.attempt) and not all(map(_may_pass, errors)):
+        if self.retry.is_exhausted(message.attempt) and not all(map(may_pass, errors)):
             reason = DeadLetterReason.from_error(
                 errors[-1], message.attempt, tuple(dict.fromkeys(failing))
             )
@@ -386,7 +369,7 @@ class MessageDispatcher:
                 try:
                     seen = self._cache.get(key, partition=message.partition) is not None
                 except Exception as exc:  # noqa: BLE001 - policy in the docstring
-                    return _store_error("read", key, message, exc)
+                    return store_error("read", key, message, exc)
                 if seen:
                     progress[name] = True
                     self._last_outcome = "duplicate"
@@ -394,13 +377,13 @@ class MessageDispatcher:
             try:
                 consumer.process(data, message_id=message_id)
             except Exception as exc:  # noqa: BLE001 - policy in the docstring
-                return _consumer_error(name, message, exc)
+                return consumer_error(name, message, exc)
             stored = progress[name] = not self._dedup
         if not stored:
             try:
                 self._cache.store(key, key, partition=message.partition)
             except Exception as exc:  # noqa: BLE001 - policy in the docstring
-                return _store_error("write", key, message, exc)
+                return store_error("write", key, message, exc)
             progress[name] = True
         return None
 
@@ -416,7 +399,7 @@ class MessageDispatcher:
         try:
             subscription.dead_letter(message, reason)
         except BackendError as exc:
-            _report(on_exception, exc)
+            report(on_exception, exc)
             if progress is not None:
                 self._remember(message, progress)
             subscription.redeliver(message, self.retry.delay(message.attempt))
@@ -443,34 +426,3 @@ class SimpleMessageDispatcher(MessageDispatcher):
     ) -> None:
         super().__init__(serializer_registry, cache, backend, always_ack, **options)
         self.attach_consumer(consumer)
-
-
-def _report(callback: ExceptionCallback | None, error: Exception) -> None:
-    if callback is not None:
-        callback(error)
-
-
-def _may_pass(error: Exception) -> bool:
-    """Whether ``error`` may pass with time: then the message is never dead-lettered."""
-    if isinstance(error, ConsumerError):
-        return isinstance(error.__cause__, (TransientError, ConnectionError, TimeoutError))
-    return isinstance(error, (BackendError, DeduplicationStoreError))
-
-
-def _consumer_error(name: str, message: Message, exc: Exception) -> ConsumerError:
-    error = ConsumerError(name, message, exc)
-    error.__cause__ = exc
-    logger.warning("%s", error, exc_info=exc)
-    return error
-
-
-def _store_error(
-    operation: str, key: str, message: Message, exc: BaseException
-) -> DeduplicationStoreError:
-    if isinstance(exc, DeduplicationStoreError):
-        return exc
-    error = DeduplicationStoreError(
-        f"cannot {operation} dedup key {key!r} for {message.location}: {type(exc).__name__}: {exc}"
-    )
-    error.__cause__ = exc
-    return error

@@ -62,7 +62,10 @@ class ServiceMetrics:
             registry=registry,
         )
         self.commits = Counter(
-            f"{prefix}_commits", "Offset commits by result.", [*labels, "result"], registry=registry
+            f"{prefix}_commits",
+            "Offset commits started (sync, async) and failed.",
+            [*labels, "result"],
+            registry=registry,
         )
         self.assigned = Gauge(
             f"{prefix}_assigned_partitions", "Partitions assigned.", labels, registry=registry
@@ -155,6 +158,10 @@ class QueueMetrics:
     def before_commit(self) -> None:
         """Count a commit."""
         self._metrics.commits.labels(self.queue, "sync").inc()
+
+    def commit_failed(self) -> None:
+        """Count a failed commit."""
+        self._metrics.commits.labels(self.queue, "failed").inc()
 
     def commit_ticket(self) -> Callable[[], bool]:
         """Count a commit; never holds it back."""

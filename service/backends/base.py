@@ -102,6 +102,9 @@ class SubscriptionListener(Protocol):
         Raising prevents the commit.
         """
 
+    def commit_failed(self) -> None:
+        """A commit failed; its offsets are committed again with the next one."""
+
     def commit_ticket(self) -> Callable[[], bool]:
         """A check, taken when an asynchronous commit is prepared: true once it is safe.
 

@@ -193,6 +193,9 @@ class CompactedTopicCache(DeduplicationCache):
         """Make every entry durable before offsets are committed (raising vetoes the commit)."""
         self.flush(self._backend.dead_letter_timeout)
 
+    def commit_failed(self) -> None:
+        """Nothing to do: the entries stay; the offsets are committed again later."""
+
     def commit_ticket(self) -> Callable[[], bool]:
         """True once every entry written before this call is confirmed.
 

@@ -141,6 +141,8 @@ class KafkaSubscription(Subscription):
         if error is None:
             return
         logger.warning("queue %r: commit failed, will retry: %s", self.queue_name, error.str())
+        for listener in self._listeners:
+            listener.commit_failed()
         for tp in partitions:
             tracker = self._trackers.get((tp.topic, tp.partition))
             if tracker is not None:
@@ -367,6 +369,8 @@ class KafkaSubscription(Subscription):
                 tracker = self._trackers.get((tp.topic, tp.partition))
                 if tracker is not None:
                     tracker.committed = None
+            for listener in self._listeners:
+                listener.commit_failed()
             logger.warning(
                 "queue %r: commit failed (the messages will be delivered again): %s",
                 self.queue_name,
