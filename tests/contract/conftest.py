@@ -22,14 +22,16 @@ class Harness:
     """All records of a topic (waiting up to the given count)."""
     deadline: float = 2.0
     """Seconds a test waits for something to arrive."""
+    quiet: float = 0.5
+    """Seconds a test waits to be sure that nothing more arrives."""
 
     def name(self, prefix: str) -> str:
         return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
-    def poll_until(self, sub: Subscription, count: int) -> list[Message]:
-        """Poll ``sub`` until ``count`` messages arrived or the deadline passed."""
+    def poll_until(self, sub: Subscription, count: int, wait: float | None = None) -> list[Message]:
+        """Poll ``sub`` until ``count`` messages arrived or ``wait`` (the deadline) passed."""
         got: list[Message] = []
-        deadline = time.monotonic() + self.deadline
+        deadline = time.monotonic() + (self.deadline if wait is None else wait)
         while len(got) < count and time.monotonic() < deadline:
             batch = sub.poll(count - len(got), 0.2)
             if batch is None:
@@ -51,6 +53,7 @@ def _kafka(request: pytest.FixtureRequest) -> Iterator[Harness]:
             backend,
             lambda topic, count: read_topic(bootstrap, topic, count, timeout=5.0),
             deadline=15.0,
+            quiet=3.0,
         )
     finally:
         backend.close()
