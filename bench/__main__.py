@@ -25,13 +25,13 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 from confluent_kafka import Consumer as RawConsumer
 from confluent_kafka import Producer
 
 from bench import avro_case, dedup_case
-from service import Consumer, JsonSerializer, MessageDispatcher, SerializerRegistry
+from bench.timing import dispatcher_rate
+from service import JsonSerializer, SerializerRegistry
 from service.backends.kafka import KafkaBackend
 
 RESULTS = pathlib.Path(__file__).parent / "results"
@@ -106,36 +106,11 @@ def raw_loop(bootstrap: str, topic: str, count: int) -> float:
     return count / elapsed
 
 
-class Counter(Consumer):
-    def __init__(self, target: int, dispatcher: list[MessageDispatcher]) -> None:
-        super().__init__()
-        self.seen = 0
-        self.started: float | None = None
-        self.target = target
-        self.dispatcher = dispatcher
-
-    def process(self, message: Any, **kwargs: Any) -> None:
-        if self.started is None:
-            self.started = time.perf_counter()
-        self.seen += 1
-        if self.seen == self.target:
-            self.dispatcher[0].stop()
-
-
 def dispatcher_loop(bootstrap: str, topic: str, count: int) -> float:
-    backend = KafkaBackend(bootstrap)
-    queue = f"bench-{uuid.uuid4().hex[:8]}"
-    backend.declare_queue(queue, topic, create=False)
-    registry = SerializerRegistry({"serializers": {"json": JsonSerializer}})
-    holder: list[MessageDispatcher] = []
-    counter = Counter(count, holder)
-    dispatcher = MessageDispatcher(registry, backend=backend)
-    holder.append(dispatcher)
-    dispatcher.attach_consumer(counter)
-    dispatcher.consume_loop(queue)
-    elapsed = time.perf_counter() - (counter.started or time.perf_counter())
-    backend.close()
-    return count / elapsed
+    """The dispatcher with the JsonSerializer and a no-op consumer."""
+    return dispatcher_rate(
+        bootstrap, topic, count, SerializerRegistry({"serializers": {"json": JsonSerializer}})
+    )
 
 
 def main() -> None:

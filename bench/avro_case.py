@@ -6,22 +6,20 @@ import io
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import fastavro
 from confluent_kafka import Consumer as RawConsumer
 
+from bench.timing import dispatcher_rate
+from examples.payment_service import messages as pm
 from service import (
     AvroSerializer,
-    Consumer,
-    MessageDispatcher,
     Publisher,
     SchemaCatalog,
     SchemaRegistry,
     SerializerRegistry,
 )
 from service.backends.kafka import KafkaBackend
-from examples.payment_service import messages as pm
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,29 +68,6 @@ def raw_loop(bootstrap: str, topic: str, count: int) -> float:
     return count / elapsed
 
 
-class _Counter(Consumer):
-    def __init__(self, target: int) -> None:
-        super().__init__()
-        self.seen, self.target, self.started = 0, target, 0.0
-        self.dispatcher: MessageDispatcher | None = None
-
-    def process(self, message: Any, **kwargs: Any) -> None:
-        if not self.seen:
-            self.started = time.perf_counter()
-        self.seen += 1
-        if self.seen == self.target and self.dispatcher is not None:
-            self.dispatcher.stop()
-
-
 def dispatcher_loop(bootstrap: str, registry_url: str, topic: str, count: int) -> float:
-    backend = KafkaBackend(bootstrap)
-    queue = f"bench-{uuid.uuid4().hex[:8]}"
-    backend.declare_queue(queue, topic, create=False)
-    counter = _Counter(count)
-    dispatcher = MessageDispatcher(serializers(registry_url), backend=backend)
-    counter.dispatcher = dispatcher
-    dispatcher.attach_consumer(counter)
-    dispatcher.consume_loop(queue)
-    elapsed = time.perf_counter() - counter.started
-    backend.close()
-    return count / elapsed
+    """The dispatcher with the AvroSerializer and a no-op consumer."""
+    return dispatcher_rate(bootstrap, topic, count, serializers(registry_url))

@@ -6,10 +6,10 @@ import gc
 import time
 import tracemalloc
 import uuid
-from typing import Any
 
 from bench import avro_case
-from service import CompactedTopicCache, Consumer, MessageDispatcher
+from bench.timing import dispatcher_rate
+from service import CompactedTopicCache
 from service.backends.kafka import KafkaBackend
 from service.dedup.kafka import digest
 
@@ -54,33 +54,10 @@ def restore(bootstrap: str, topic: str, partitions: int) -> tuple[float, float]:
     return rate, (after - before) / keys
 
 
-class _Counter(Consumer):
-    def __init__(self, target: int) -> None:
-        super().__init__()
-        self.seen, self.target, self.started = 0, target, 0.0
-        self.dispatcher: MessageDispatcher | None = None
-
-    def process(self, message: Any, **kwargs: Any) -> None:
-        if not self.seen:
-            self.started = time.perf_counter()
-        self.seen += 1
-        if self.seen == self.target and self.dispatcher is not None:
-            self.dispatcher.stop()
-
-
 def dispatcher_loop(bootstrap: str, registry_url: str, topic: str, count: int) -> float:
     """Avro dispatcher throughput with a fresh CompactedTopicCache."""
     backend = KafkaBackend(bootstrap)
-    queue = f"bench-{uuid.uuid4().hex[:8]}"
-    backend.declare_queue(queue, topic, create=False)
-    cache = CompactedTopicCache(backend, f"{queue}.dedup", partitions=6)
-    counter = _Counter(count)
-    dispatcher = MessageDispatcher(
-        avro_case.serializers(registry_url), cache=cache, backend=backend
+    cache = CompactedTopicCache(backend, f"bench-{uuid.uuid4().hex[:8]}.dedup", partitions=6)
+    return dispatcher_rate(
+        bootstrap, topic, count, avro_case.serializers(registry_url), cache, backend
     )
-    counter.dispatcher = dispatcher
-    dispatcher.attach_consumer(counter)
-    dispatcher.consume_loop(queue)
-    elapsed = time.perf_counter() - counter.started
-    backend.close()
-    return count / elapsed

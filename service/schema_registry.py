@@ -93,28 +93,20 @@ class SchemaRegistry:
 
     def lookup(self, subject: str, schema_text: str) -> RegisteredSchema | None:
         """The registration of ``schema_text`` under ``subject``, or ``None``."""
-        try:
-            found = self._call(
-                f"looking up a schema of {subject!r}",
-                lambda: self._client.lookup_schema(subject, Schema(schema_text, "AVRO")),
-            )
-        except SchemaRegistryError as exc:
-            if isinstance(exc.__cause__, ClientError) and (
-                exc.__cause__.http_status_code == _NOT_FOUND
-            ):
-                return None
-            raise
-        return RegisteredSchema(
-            found.schema_id or 0, found.version or 0, found.schema.schema_str or ""
+        return self._registered(
+            f"looking up a schema of {subject!r}",
+            lambda: self._client.lookup_schema(subject, Schema(schema_text, "AVRO")),
         )
 
     def latest(self, subject: str) -> RegisteredSchema | None:
         """The latest version under ``subject``, or ``None`` when the subject is unknown."""
+        return self._registered(
+            f"reading the latest {subject!r}", lambda: self._client.get_latest_version(subject)
+        )
+
+    def _registered(self, what: str, call: Callable[[], Any]) -> RegisteredSchema | None:
         try:
-            found = self._call(
-                f"reading the latest {subject!r}",
-                lambda: self._client.get_latest_version(subject),
-            )
+            found = self._call(what, call)
         except SchemaRegistryError as exc:
             if isinstance(exc.__cause__, ClientError) and (
                 exc.__cause__.http_status_code == _NOT_FOUND

@@ -16,12 +16,14 @@ without any of the three calls when the subscription closes is delivered again, 
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
 
+from service.errors import ConfigurationError
 from service.messages import Headers, Message
 
 __all__ = [
@@ -36,6 +38,22 @@ __all__ = [
 TopicPartition = tuple[str, int]
 
 DLQ_HEADER_PREFIX = "dlq."
+
+
+def check_topics(queue_name: str, topics: tuple[str, ...]) -> None:
+    """Refuse a ``^pattern`` that is not a valid regular expression.
+
+    Raises:
+        ConfigurationError: naming the queue and the pattern.
+    """
+    for topic in topics:
+        if topic.startswith("^"):
+            try:
+                re.compile(topic)
+            except re.error as exc:
+                raise ConfigurationError(
+                    f"queue {queue_name!r}: bad topic pattern {topic!r}: {exc}"
+                ) from exc
 
 
 def default_dead_letter_topic(queue_name: str) -> str:

@@ -22,6 +22,7 @@ from service.backends.base import (
     DeadLetterReason,
     MessagingBackend,
     Subscription,
+    check_topics,
     default_dead_letter_topic,
 )
 from service.errors import ConfigurationError
@@ -84,14 +85,7 @@ class InMemoryBackend(MessagingBackend):
         self, queue_name: str, *topics: str, dead_letter_topic: str | None = None
     ) -> None:
         """Bind ``queue_name`` to ``topics`` (default: its own name)."""
-        for topic in topics:
-            if topic.startswith("^"):
-                try:
-                    re.compile(topic)
-                except re.error as exc:
-                    raise ConfigurationError(
-                        f"queue {queue_name!r}: bad topic pattern {topic!r}: {exc}"
-                    ) from exc
+        check_topics(queue_name, topics)
         with self._lock:
             self._queues[queue_name] = _Queue(
                 topics or (queue_name,),

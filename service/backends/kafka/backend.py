@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Mapping
@@ -15,7 +14,7 @@ from confluent_kafka import Message as KafkaMessage
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from service.backends.base import MessagingBackend, default_dead_letter_topic
+from service.backends.base import MessagingBackend, check_topics, default_dead_letter_topic
 from service.backends.kafka.errors import TRANSIENT_CODES, translate
 from service.backends.kafka.subscription import KafkaSubscription
 from service.errors import BrokerUnavailableError, ConfigurationError, ProduceError
@@ -188,14 +187,7 @@ class KafkaBackend(MessagingBackend):
         Both default to the queue name. Unless ``create`` is false, the missing named topics
         and the dead-letter topic are created (patterns are not).
         """
-        for topic in topics:
-            if topic.startswith("^"):
-                try:
-                    re.compile(topic)
-                except re.error as exc:
-                    raise ConfigurationError(
-                        f"queue {queue_name!r}: bad topic pattern {topic!r}: {exc}"
-                    ) from exc
+        check_topics(queue_name, topics)
         binding = QueueBinding(
             topics or (queue_name,),
             group_id or queue_name,
