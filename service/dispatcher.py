@@ -28,6 +28,7 @@ delivered again).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from service.backends.base import (
     Subscription,
     SubscriptionListener,
 )
+from service.concurrency import ConcurrentLoop, Ordering
 from service.consumers import Consumer
 from service.dedup.base import DeduplicationCache, NullCache
 from service.errors import (
@@ -50,9 +52,12 @@ from service.errors import (
 )
 from service.messages import Message, read_routing
 from service.outcomes import (
+    ACK,
+    SKIP,
     DispatchObserver,
     DispatchOutcome,
     ExceptionCallback,
+    Verdict,
     consumer_error,
     may_pass,
     report,
@@ -85,6 +90,12 @@ class MessageDispatcher:
         confirm_timeout: seconds to wait, when the loop ends, for the dedup store to make
             its entries durable.
         observer: told about polls and outcomes (metrics).
+        concurrency: worker threads; above 1, see :mod:`service.concurrency` (ordered
+            concurrency, back-pressure, local retries on the message's lane).
+        ordering: ``partition`` (default), ``key`` or ``none``: what must stay in order.
+        max_in_flight: messages polled and not settled, at most (default: max(10 x
+            concurrency, poll_batch)).
+        max_in_flight_per_partition: the same per partition; a full partition is paused.
 
     Raises:
         ConfigurationError: no backend was given.
@@ -104,6 +115,10 @@ class MessageDispatcher:
         remembered_records: int = 10_000,
         confirm_timeout: float = 30.0,
         observer: DispatchObserver | None = None,
+        concurrency: int = 1,
+        ordering: Ordering = "partition",
+        max_in_flight: int | None = None,
+        max_in_flight_per_partition: int | None = None,
     ) -> None:
         if backend is None:
             raise ConfigurationError(
@@ -124,6 +139,15 @@ class MessageDispatcher:
         self._remembered_limit = remembered_records
         self.confirm_timeout = confirm_timeout
         self.observer = observer
+        if concurrency < 1 or ordering not in ("partition", "key", "none"):
+            raise ConfigurationError(
+                f"concurrency must be >= 1 and ordering partition, key or none; got "
+                f"{concurrency}, {ordering!r}"
+            )
+        self.concurrency = concurrency
+        self.ordering: Ordering = ordering
+        self.max_in_flight = max_in_flight or max(10 * concurrency, poll_batch)
+        self.max_in_flight_per_partition = max_in_flight_per_partition or self.max_in_flight
         self.listeners: list[SubscriptionListener] = []
         """Attached to every subscription this dispatcher opens (metrics, health)."""
         self.subscription: Subscription | None = None
@@ -131,6 +155,7 @@ class MessageDispatcher:
         self.last_poll = 0.0
         """``time.monotonic()`` of the last poll (health checks read it)."""
         self._remembered: OrderedDict[_Record, dict[str, bool]] = OrderedDict()
+        self._memory_lock = threading.Lock()
         self._stop_requested = False  # a plain flag: setting it is atomic, reading it cheap
         self._last_outcome = "success"
 
@@ -197,41 +222,74 @@ class MessageDispatcher:
         again; the subscription is closed (committing what is done) on the way out.
         """
         try:
-            dispatch, cache = self.dispatch, self._cache
             with self._backend.subscribe(queue_name) as subscription:
                 self.subscription = subscription
-                cache.attach(subscription)
+                self._cache.attach(subscription)
                 for listener in self.listeners:
                     subscription.add_listener(listener)
                 try:
-                    observer = self.observer
-                    while not self._stop_requested:
-                        batch = subscription.poll(self._poll_batch, self._poll_timeout)
-                        self.last_poll = time.monotonic()
-                        if batch is None:
-                            return
-                        count = 0
-                        for message in batch:
-                            if self._stop_requested:
-                                return
-                            if observer is None:
-                                dispatch(subscription, message, on_exception)
-                            else:
-                                started = time.perf_counter()
-                                outcome = dispatch(subscription, message, on_exception)
-                                elapsed = time.perf_counter() - started
-                                observer.message_outcome(message, outcome, elapsed)
-                            count += 1
-                            if after_consume is not None:
-                                after_consume()
-                        cache.poll()
-                        if observer is not None:
-                            observer.polled(count)
+                    if self.concurrency > 1:
+                        ConcurrentLoop(
+                            self,
+                            subscription,
+                            concurrency=self.concurrency,
+                            ordering=self.ordering,
+                            max_in_flight=self.max_in_flight,
+                            max_in_flight_per_partition=self.max_in_flight_per_partition,
+                            on_exception=on_exception,
+                            after_consume=after_consume,
+                        ).run()
+                    else:
+                        self._sequential(subscription, on_exception, after_consume)
                 finally:
-                    cache.flush(self.confirm_timeout)  # entries durable before the last commit
+                    self._cache.flush(self.confirm_timeout)  # entries durable before commit
         finally:
             self._stop_requested = False
             self.subscription = None
+
+    def _sequential(
+        self,
+        subscription: Subscription,
+        on_exception: ExceptionCallback | None,
+        after_consume: Callable[[], None] | None,
+    ) -> None:
+        dispatch, cache, observer = self.dispatch, self._cache, self.observer
+        while not self._stop_requested:
+            batch = subscription.poll(self._poll_batch, self._poll_timeout)
+            self.last_poll = time.monotonic()
+            if batch is None:
+                return
+            count = 0
+            for message in batch:
+                if self._stop_requested:
+                    return
+                if observer is None:
+                    dispatch(subscription, message, on_exception)
+                else:
+                    started = time.perf_counter()
+                    outcome = dispatch(subscription, message, on_exception)
+                    observer.message_outcome(message, outcome, time.perf_counter() - started)
+                count += 1
+                if after_consume is not None:
+                    after_consume()
+            cache.poll()
+            if observer is not None:
+                observer.polled(count)
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether :meth:`stop` was called and the loop has not returned yet."""
+        return self._stop_requested
+
+    @property
+    def poll_batch(self) -> int:
+        """The most messages taken in one poll."""
+        return self._poll_batch
+
+    @property
+    def poll_timeout(self) -> float:
+        """Seconds one poll waits."""
+        return self._poll_timeout
 
     consume_event = consume_loop
 
@@ -242,9 +300,16 @@ class MessageDispatcher:
         on_exception: ExceptionCallback | None = None,
     ) -> DispatchOutcome:
         """Process one message and settle it on ``subscription`` (steps 1-6 above)."""
-        early_ack = self.early_ack
-        if early_ack:
+        if self.early_ack:
             subscription.acknowledge(message)
+        return self.settle(subscription, message, self.decide(message, on_exception), on_exception)
+
+    def decide(self, message: Message, on_exception: ExceptionCallback | None = None) -> Verdict:
+        """Run the consumers on ``message`` and say how to settle it; settles nothing.
+
+        Thread-safe for different messages: concurrent loops call it from worker threads and
+        settle the verdicts on the loop's thread.
+        """
         errors: list[Exception] = []
         try:
             serializer_id, manifest, message_id = read_routing(message)
@@ -252,9 +317,7 @@ class MessageDispatcher:
             if route is None:
                 route = self._route(manifest, message, errors)
             if not route and not errors:
-                if not early_ack:
-                    subscription.acknowledge(message)
-                return DispatchOutcome.SKIPPED
+                return SKIP
             if message.value is None:
                 raise MessageError("the record has no value (a tombstone)", message)
             data = self.serializer_registry.get_serializer_by_id(serializer_id).deserialize(
@@ -263,19 +326,13 @@ class MessageDispatcher:
         except MessageError as exc:
             exc.locate(message)
             report(on_exception, exc)
-            return self._dead_letter(subscription, message, DeadLetterReason.from_error(exc))
+            return Verdict(DispatchOutcome.DEAD_LETTERED, DeadLetterReason.from_error(exc))
         except SchemaRegistryError as exc:  # may pass: wait and retry, never dead-letter
             report(on_exception, exc)
-            if not early_ack:
-                subscription.redeliver(message, self.retry.delay(message.attempt))
-            return DispatchOutcome.RETRIED
+            return Verdict(DispatchOutcome.RETRIED, delay=self.retry.delay(message.attempt))
         for refusal in errors:
             report(on_exception, refusal)
-        progress = None
-        if self._remembered:
-            progress = self._remembered.pop(
-                (message.topic, message.partition, message.offset), None
-            )
+        progress = self._recall(message) if self._remembered else None
         if progress is None:
             progress = {}
         if self._dedup or progress:
@@ -302,24 +359,41 @@ class MessageDispatcher:
                     progress[name] = True
                     if self.observer is not None:
                         self.observer.consumer_outcome(name, "success")
-        if early_ack:
-            return DispatchOutcome.ACKNOWLEDGED
-        if errors and self.always_ack:
-            subscription.acknowledge(message)
-            return DispatchOutcome.ACKNOWLEDGED
-        if not errors:
-            subscription.acknowledge(message)  # committed only once its entries are durable
-            return DispatchOutcome.ACKNOWLEDGED
+        if not errors or self.always_ack or self.early_ack:
+            return ACK  # committed only once its dedup entries are durable
         failing = [name for _, name in route if not progress.get(name)]
         failing += [e.consumer_name for e in errors if isinstance(e, ConsumerError)]
+        self._remember(message, progress)
         if self.retry.is_exhausted(message.attempt) and not all(map(may_pass, errors)):
             reason = DeadLetterReason.from_error(
                 errors[-1], message.attempt, tuple(dict.fromkeys(failing))
             )
-            return self._dead_letter(subscription, message, reason, on_exception, progress)
-        self._remember(message, progress)
-        subscription.redeliver(message, self.retry.delay(message.attempt))
-        return DispatchOutcome.RETRIED
+            return Verdict(DispatchOutcome.DEAD_LETTERED, reason)
+        return Verdict(DispatchOutcome.RETRIED, delay=self.retry.delay(message.attempt))
+
+    def settle(
+        self,
+        subscription: Subscription,
+        message: Message,
+        verdict: Verdict,
+        on_exception: ExceptionCallback | None = None,
+    ) -> DispatchOutcome:
+        """Carry out ``verdict`` on ``subscription`` (from the thread that polls it).
+
+        With ``early_ack`` the message was acknowledged on receipt: only a dead letter is
+        still written.
+        """
+        outcome = verdict.outcome
+        if outcome is DispatchOutcome.DEAD_LETTERED:
+            assert verdict.reason is not None  # noqa: S101 - a dead-letter verdict has one
+            return self._dead_letter(subscription, message, verdict.reason, on_exception)
+        if self.early_ack:
+            return outcome
+        if outcome is DispatchOutcome.RETRIED:
+            subscription.redeliver(message, verdict.delay)
+        else:
+            subscription.acknowledge(message)
+        return outcome
 
     def _route(
         self, manifest: str, message: Message, errors: list[Exception]
@@ -393,23 +467,27 @@ class MessageDispatcher:
         message: Message,
         reason: DeadLetterReason,
         on_exception: ExceptionCallback | None = None,
-        progress: dict[str, bool] | None = None,
     ) -> DispatchOutcome:
         logger.error("dead-lettering %s: %s", message.location, reason.text)
         try:
             subscription.dead_letter(message, reason)
         except BackendError as exc:
             report(on_exception, exc)
-            if progress is not None:
-                self._remember(message, progress)
             subscription.redeliver(message, self.retry.delay(message.attempt))
             return DispatchOutcome.RETRIED
+        if self._remembered:
+            self._recall(message)  # done: forget its progress
         return DispatchOutcome.DEAD_LETTERED
 
     def _remember(self, message: Message, progress: dict[str, bool]) -> None:
-        self._remembered[(message.topic, message.partition, message.offset)] = progress
-        while len(self._remembered) > self._remembered_limit:
-            self._remembered.popitem(last=False)
+        with self._memory_lock:
+            self._remembered[(message.topic, message.partition, message.offset)] = progress
+            while len(self._remembered) > self._remembered_limit:
+                self._remembered.popitem(last=False)
+
+    def _recall(self, message: Message) -> dict[str, bool] | None:
+        with self._memory_lock:
+            return self._remembered.pop((message.topic, message.partition, message.offset), None)
 
 
 class SimpleMessageDispatcher(MessageDispatcher):

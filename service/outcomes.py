@@ -5,8 +5,10 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
+from service.backends.base import DeadLetterReason
 from service.errors import (
     BackendError,
     ConsumerError,
@@ -15,7 +17,7 @@ from service.errors import (
 )
 from service.messages import Message
 
-__all__ = ["DispatchObserver", "DispatchOutcome", "ExceptionCallback"]
+__all__ = ["ACK", "SKIP", "DispatchObserver", "DispatchOutcome", "ExceptionCallback", "Verdict"]
 
 logger = logging.getLogger("service.dispatcher")
 
@@ -42,6 +44,26 @@ class DispatchOutcome(enum.Enum):
     SKIPPED = "skipped"  # no consumer accepts the manifest; acknowledged undecoded
     RETRIED = "retried"
     DEAD_LETTERED = "dead_lettered"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """How to settle a message, decided by the dispatcher.
+
+    Attributes:
+        outcome: acknowledge (or skip), retry after ``delay`` seconds, or dead-letter with
+            ``reason``.
+        reason: why it is dead-lettered.
+        delay: seconds before it is delivered again.
+    """
+
+    outcome: DispatchOutcome
+    reason: DeadLetterReason | None = None
+    delay: float = 0.0
+
+
+ACK = Verdict(DispatchOutcome.ACKNOWLEDGED)
+SKIP = Verdict(DispatchOutcome.SKIPPED)
 
 
 def report(callback: ExceptionCallback | None, error: Exception) -> None:

@@ -117,6 +117,9 @@ def build_dispatcher(
         backend=backend,
         always_ack=queue.always_ack,
         retry=retry,
+        concurrency=queue.concurrency,
+        ordering=queue.ordering,
+        max_in_flight=queue.max_in_flight,
     )
     for index, (factory, path) in enumerate(
         zip(queue.consumers, queue.consumer_paths, strict=True)

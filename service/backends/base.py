@@ -140,6 +140,14 @@ class Subscription(ABC):
         """
         del listener
 
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        """Stop fetching ``partitions`` (back-pressure) until :meth:`resume`; memory: no-op."""
+        del partitions
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        """Fetch ``partitions`` again after :meth:`pause`."""
+        del partitions
+
     @abstractmethod
     def poll(self, max_messages: int, timeout: float) -> Iterable[Message] | None:
         """Up to ``max_messages`` messages, waiting at most ``timeout`` seconds for the first.

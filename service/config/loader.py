@@ -297,6 +297,14 @@ def _queue(name: str, section: _Section) -> QueueConfig:
         dedup_section.text("topic"),
     )
     dedup_section.done()
+    ordering = section.text("ordering", "partition")
+    if ordering not in ("partition", "key", "none"):
+        raise ConfigurationError(
+            f"{section.where('ordering')}: 'partition', 'key' or 'none', not {ordering!r}"
+        )
+    in_flight = section.raw("max_in_flight")
+    if in_flight is not None and (not isinstance(in_flight, int) or in_flight < 1):
+        raise ConfigurationError(f"{section.where('max_in_flight')}: an integer >= 1")
     config = QueueConfig(
         name,
         tuple(topics),
@@ -307,6 +315,9 @@ def _queue(name: str, section: _Section) -> QueueConfig:
         retry,
         section.text("dead_letter_topic") or default_dead_letter_topic(name),
         dedup,
+        int(section.number("concurrency", 1, minimum=1)),
+        ordering,  # type: ignore[arg-type]
+        in_flight,
     )
     section.done()
     return config

@@ -108,6 +108,9 @@ class QueueConfig:
     retry: RetryConfig = field(default_factory=RetryConfig)
     dead_letter_topic: str = ""
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    concurrency: int = 1
+    ordering: Literal["partition", "key", "none"] = "partition"
+    max_in_flight: int | None = None
 
     @property
     def dedup_topic(self) -> str:

@@ -93,8 +93,7 @@ class CompactedTopicCache(DeduplicationCache):
         self._delivered: dict[int, int] = {}  # ... and confirmed (in order, per partition)
         self._restoring = 0
         self._restored_expiries: dict[bytes, int] = {}  # wire value -> shared expiry
-        self._last_key: str | None = None
-        self._last_digest = b""
+        self._memo: tuple[str | None, bytes] = (None, b"")  # one tuple: read and set atomically
         self._lock = threading.Lock()
         self._producer: Producer | None = None
         self.restored_keys = 0
@@ -113,9 +112,12 @@ class CompactedTopicCache(DeduplicationCache):
 
         With ``partition``, only that dedup partition is searched.
         """
-        if key is not self._last_key:  # get() then store() of one key: hash it once
-            self._last_key, self._last_digest = key, digest(key)
-        wanted = self._last_digest
+        memo = self._memo  # get() then store() of one key: hash it once
+        if memo[0] is key:
+            wanted = memo[1]
+        else:
+            wanted = digest(key)
+            self._memo = (key, wanted)
         now_ms = self._clock() * 1000
         if partition is not None:
             entries = self._entries.get(partition)
@@ -140,15 +142,14 @@ class CompactedTopicCache(DeduplicationCache):
         """
         del value
         target = 0 if partition is None else partition
-        if key is not self._last_key:
-            self._last_key, self._last_digest = key, digest(key)
-        key_digest = self._last_digest
+        memo = self._memo
+        key_digest = memo[1] if memo[0] is key else digest(key)
         expiry, wire = self._expiry_pair(
             self._clock() + (self.window if expire is None else expire)
         )
         entries = self._entries.get(target)
         if entries is None:
-            entries = self._entries[target] = {}
+            entries = self._entries.setdefault(target, {})  # atomic: workers may race here
         entries[key_digest] = expiry
         producer = self._producer or self._producer_client()
         while True:

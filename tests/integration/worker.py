@@ -44,6 +44,7 @@ def main() -> int:
     parser.add_argument("--dedup", action="store_true", help="CompactedTopicCache <queue>.dedup")
     parser.add_argument("--commit-every", type=int, default=1000)
     parser.add_argument("--commit-interval", type=float, default=1.0)
+    parser.add_argument("--concurrency", type=int, default=1)
     args = parser.parse_args()
     backend = kafka_backend(
         args.bootstrap, commit_every=args.commit_every, commit_interval=args.commit_interval

@@ -67,6 +67,7 @@ class KafkaSubscription(Subscription):
         self._attempts: dict[tuple[str, int, int], int] = {}
         self._listeners: list[SubscriptionListener] = []
         self._lag: dict[_Partition, int] = {}
+        self._held: set[_Partition] = set()  # paused for back-pressure
         self._lag_checked = 0.0
         self.assigned_once = False
         """Whether the group gave this member an assignment (possibly empty) yet."""
@@ -135,6 +136,7 @@ class KafkaSubscription(Subscription):
         for key in keys:
             self._trackers.pop(key, None)
             self._retries.pop(key, None)
+            self._held.discard(key)
         self._attempts = {k: v for k, v in self._attempts.items() if k[:2] not in keys}
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
@@ -234,7 +236,24 @@ class KafkaSubscription(Subscription):
                 self._consumer.seek(tp)
             except KafkaException as exc:
                 logger.warning("queue %r: seek %s failed: %s", self.queue_name, key, exc)
-            self._consumer.resume([TopicPartition(key[0], key[1])])
+            if key not in self._held:
+                self._consumer.resume([TopicPartition(key[0], key[1])])
+
+    # -- back-pressure ----------------------------------------------------------------------
+    def pause(self, partitions: list[_Partition]) -> None:
+        """Stop fetching ``partitions`` until :meth:`resume` (retries keep their own pause)."""
+        fresh = [p for p in partitions if p not in self._held]
+        self._held.update(fresh)
+        if fresh:
+            self._consumer.pause([TopicPartition(t, p) for t, p in fresh])
+
+    def resume(self, partitions: list[_Partition]) -> None:
+        """Fetch ``partitions`` again, unless one waits for a retry."""
+        back = [p for p in partitions if p in self._held]
+        self._held.difference_update(back)
+        ready = [TopicPartition(t, p) for t, p in back if (t, p) not in self._retries]
+        if ready:
+            self._consumer.resume(ready)
 
     # -- observing ------------------------------------------------------------------------
     @property

@@ -1,0 +1,146 @@
+"""Ordered concurrency on the in-memory backend (service/concurrency.py)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from service import ConfigurationError, Consumer, InMemoryBackend, MessageDispatcher, RetryPolicy
+from tests.payments import DoPayment, json_registry, publisher
+
+QUEUE = "orders"
+
+
+class Tracker(Consumer):
+    """Records (key, seq) per message, with random delays, and the peak parallelism."""
+
+    def __init__(self, delay: float = 0.001, poison: str | None = None) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.seen: list[tuple[str, int]] = []
+        self.running = 0
+        self.peak = 0
+        self.delay = delay
+        self.poison = poison
+        self.backend: InMemoryBackend | None = None
+        self.max_pending = 0
+
+    def process(self, message: Any, **kwargs: Any) -> None:
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            if self.backend is not None:
+                self.max_pending = max(self.max_pending, len(self.backend.pending(QUEUE)))
+        try:
+            time.sleep(random.uniform(0, self.delay))
+            if message.order_id == self.poison:
+                raise RuntimeError("poison")
+            with self.lock:
+                self.seen.append((message.order_id, message.amount))
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def run(tracker: Tracker, messages: list[tuple[str, int]], **options: Any) -> InMemoryBackend:
+    backend = InMemoryBackend()
+    backend.declare_topic(QUEUE, partitions=4)
+    pub = publisher(backend)
+    for key, seq in messages:
+        pub.publish(QUEUE, DoPayment(key, seq), key=key)
+    tracker.backend = backend
+    dispatcher = MessageDispatcher(json_registry(), backend=backend, **options)
+    dispatcher.attach_consumer(tracker)
+    dispatcher.consume_loop(QUEUE)
+    return backend
+
+
+def per_key(seen: list[tuple[str, int]]) -> dict[str, list[int]]:
+    keys: dict[str, list[int]] = {}
+    for key, seq in seen:
+        keys.setdefault(key, []).append(seq)
+    return keys
+
+
+def test_key_ordering_keeps_each_key_in_order_over_thousands_of_messages() -> None:
+    messages = [(f"key-{i % 64}", i) for i in range(3000)]
+    tracker = Tracker(delay=0.0005)
+    backend = run(tracker, messages, concurrency=16, ordering="key")
+    assert len(tracker.seen) == 3000
+    for key, seqs in per_key(tracker.seen).items():
+        assert seqs == sorted(seqs), key
+    assert tracker.peak > 1  # keys really ran in parallel
+    assert backend.pending(QUEUE) == []
+
+
+def test_partition_ordering_keeps_each_partition_in_order() -> None:
+    messages = [(f"key-{i % 16}", i) for i in range(800)]
+    tracker = Tracker(delay=0.0005)
+    backend = run(tracker, messages, concurrency=8, ordering="partition")
+    by_partition: dict[int, list[int]] = {}
+    order = {
+        seq: m.partition
+        for m in backend.records(QUEUE)
+        for seq in [int(m.value.split(b'"amount":')[1].split(b"}")[0])]
+    }  # type: ignore[union-attr]
+    for _, seq in tracker.seen:
+        by_partition.setdefault(order[seq], []).append(seq)
+    assert all(seqs == sorted(seqs) for seqs in by_partition.values())
+    assert len(tracker.seen) == 800
+
+
+def test_a_poison_key_does_not_block_other_keys_and_is_dead_lettered() -> None:
+    messages = [("poison" if i % 10 == 0 else f"key-{i % 7}", i) for i in range(300)]
+    tracker = Tracker(delay=0.0002, poison="poison")
+    backend = run(
+        tracker,
+        messages,
+        concurrency=8,
+        ordering="key",
+        retry=RetryPolicy(max_attempts=3, backoff_base=0.01, backoff_max=0.02),
+    )
+    assert len(tracker.seen) == 270  # every healthy message
+    letters = backend.dead_letters(QUEUE)
+    assert len(letters) == 30 and {d.reason_detail.attempts for d in letters} == {3}
+    assert backend.pending(QUEUE) == []
+
+
+def test_in_flight_is_bounded() -> None:
+    messages = [(f"key-{i % 32}", i) for i in range(2000)]
+    tracker = Tracker(delay=0.0002)
+    run(tracker, messages, concurrency=8, ordering="key", max_in_flight=50, poll_batch=50)
+    assert len(tracker.seen) == 2000
+    assert tracker.max_pending <= 50
+
+
+def test_stop_finishes_work_in_hand_and_leaves_the_rest_pending() -> None:
+    backend = InMemoryBackend()
+    pub = publisher(backend)
+    for i in range(200):
+        pub.publish(QUEUE, DoPayment(f"k{i % 20}", i), key=f"k{i % 20}")
+    dispatcher: MessageDispatcher
+    done: list[int] = []
+
+    def on_message(message: DoPayment) -> None:
+        time.sleep(0.002)
+        done.append(message.amount)
+        if len(done) == 50:
+            dispatcher.stop()
+
+    dispatcher = MessageDispatcher(json_registry(), backend=backend, concurrency=4, ordering="key")
+    dispatcher.attach_consumer(Consumer(on_message=on_message))
+    dispatcher.consume_loop(QUEUE)
+    assert 50 <= len(done) < 200
+    assert len(backend.pending(QUEUE)) == 200 - len(done)  # nothing done is pending
+    dispatcher.consume_loop(QUEUE)
+    assert sorted(done) == list(range(200))
+
+
+@pytest.mark.parametrize("bad", [{"concurrency": 0}, {"ordering": "random"}])
+def test_bad_concurrency_settings_are_refused(bad: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        MessageDispatcher(json_registry(), backend=InMemoryBackend(), **bad)
