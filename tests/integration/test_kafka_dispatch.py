@@ -298,3 +298,54 @@ def test_two_members_share_partitions_and_one_takes_over(
                 proc.terminate()
                 proc.wait(30)
     assert set(ledger_amounts(ledger)) == set(range(total))
+
+
+# -- concurrency --------------------------------------------------------------------------
+def test_no_commit_passes_a_message_still_in_flight(
+    backend: KafkaBackend, kafka_bootstrap: str
+) -> None:
+    queue = unique("q")
+    backend.declare_topic(queue, partitions=1)
+    backend.declare_queue(queue)
+    publish(backend, queue, range(40))  # one partition, 40 keys
+    release = threading.Event()
+    done: list[int] = []
+
+    def on_message(message: DoPayment) -> None:
+        if message.amount == 5:
+            release.wait(30)  # offset 5 stays in flight
+        done.append(message.amount)
+
+    dispatcher = MessageDispatcher(json_registry(), backend=backend, concurrency=8, ordering="key")
+    dispatcher.attach_consumer(Consumer(on_message=on_message))
+    thread = threading.Thread(target=dispatcher.consume_loop, args=(queue,))
+    thread.start()
+    try:
+        wait_for(lambda: len(done) == 39, 20)
+        time.sleep(2.5)  # commit interval passes
+        assert committed(kafka_bootstrap, queue, queue, 1) == [5]  # not past the slow one
+        release.set()
+        wait_for(lambda: committed(kafka_bootstrap, queue, queue, 1) == [40], 20)
+    finally:
+        release.set()
+        dispatcher.stop()
+        thread.join(30)
+
+
+def test_sigkill_under_concurrency_loses_nothing(
+    backend: KafkaBackend, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    queue, ledger, total = unique("q"), tmp_path / "ledger", 1000
+    backend.declare_queue(queue)
+    publish(backend, queue, range(total))
+    worker = start_worker(kafka_bootstrap, queue, ledger, "--concurrency", "16", sleep_ms=5)
+    wait_for(lambda: len(ledger_amounts(ledger)) >= 200, 30)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(10)
+    assert len(set(ledger_amounts(ledger))) < total
+    worker = start_worker(kafka_bootstrap, queue, ledger, "--concurrency", "16")
+    try:
+        wait_for(lambda: set(ledger_amounts(ledger)) == set(range(total)), 60)
+    finally:
+        worker.terminate()
+        assert worker.wait(30) == 0

@@ -13,6 +13,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -27,11 +28,13 @@ class LedgerConsumer(Consumer):
         super().__init__()
         self._file = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
         self._sleep = sleep_ms / 1000
+        self._lock = threading.Lock()
 
     def process(self, message: Any, **kwargs: Any) -> None:
         if self._sleep:
             time.sleep(self._sleep)
-        self._file.write(f"{os.getpid()} {message.order_id} {message.amount}\n")
+        with self._lock:  # workers share the file
+            self._file.write(f"{os.getpid()} {message.order_id} {message.amount}\n")
 
 
 def main() -> int:
@@ -53,7 +56,14 @@ def main() -> int:
     cache = (
         CompactedTopicCache(backend, f"{args.queue}.dedup", partitions=3) if args.dedup else None
     )
-    dispatcher = MessageDispatcher(json_registry(), cache=cache, backend=backend, poll_timeout=0.2)
+    dispatcher = MessageDispatcher(
+        json_registry(),
+        cache=cache,
+        backend=backend,
+        poll_timeout=0.2,
+        concurrency=args.concurrency,
+        ordering="key",
+    )
     dispatcher.attach_consumer(LedgerConsumer(args.ledger, args.sleep_ms))
     signal.signal(signal.SIGTERM, lambda *_: dispatcher.stop())
     print("ready", flush=True)
