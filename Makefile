@@ -34,7 +34,8 @@ kafka-up: fetch  ## start a local broker + registry; writes .local/kafka.env
 kafka-down:
 	bash deploy/local/down.sh
 
-bench: install fetch
+bench: install fetch  ## ratios against a raw confluent-kafka loop, same run; bench/results/
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench
 
 demo: install fetch  ## broker + registry, topics, schemas, the example service, sample traffic

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from confluent_kafka import Consumer as RawConsumer
 from confluent_kafka import Producer
 
-from bench import avro_case, dedup_case
+from bench import avro_case, concurrency_case, dedup_case, latency_case
 from bench.timing import dispatcher_rate
 from service import JsonSerializer, SerializerRegistry
 from service.backends.kafka import KafkaBackend
@@ -141,6 +141,17 @@ def main() -> None:
                     f"ratio {b / a:.2f}",
                     flush=True,
                 )
+        slow_topic = f"bench-slow-{uuid.uuid4().hex[:8]}"
+        KafkaBackend(bootstrap, partitions=6).declare_topic(slow_topic)
+        concurrency_case.publish(bootstrap, slow_topic, 8000)
+        sequential, _ = concurrency_case.rate(bootstrap, slow_topic, 800, 1)
+        concurrent, in_order = concurrency_case.rate(bootstrap, slow_topic, 8000, 32)
+        print(f"slow consumer: sequential {sequential:,.0f}/s, concurrency 32 {concurrent:,.0f}/s")
+        top = latency_case.max_rate(bootstrap, 100_000)
+        p50, p99, _ = latency_case.measure(bootstrap, top / 2, 5)
+        raw_p50, raw_p99 = latency_case.raw_measure(bootstrap, top / 2, int(top / 2 * 5))
+        low_p50, low_p99, _ = latency_case.measure(bootstrap, 5000, 5)
+        print(f"latency at {top / 2:,.0f}/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms", flush=True)
         dedup_topic = f"bench-dedup-{uuid.uuid4().hex[:8]}"
         dedup_case.fill(bootstrap, dedup_topic, args.dedup_entries, 6)
         restore_rate, bytes_per_key = dedup_case.restore(bootstrap, dedup_topic, 6)
@@ -156,6 +167,15 @@ def main() -> None:
     for case, target in targets.items():
         ratios = sorted(b / a for c, _, a, b in rows if c == case)
         lines.append(f"\n{case}: median ratio {ratios[len(ratios) // 2]:.2f} (target >= {target})")
+    lines += [
+        f"\nslow consumer (5 ms/message, 64 keys, key order): sequential {sequential:,.0f}/s, "
+        f"concurrency 32: {concurrent:,.0f}/s = {concurrent / sequential:.1f}x "
+        f"(target >= 20x); per-key order kept: {in_order}",
+        f"\nend-to-end latency (producer in its own process; max sustained {top:,.0f}/s): at "
+        f"{top / 2:,.0f}/s dispatcher p50 {p50:.1f} ms / p99 {p99:.1f} ms, raw confluent-kafka "
+        f"p50 {raw_p50:.1f} ms / p99 {raw_p99:.1f} ms (target p99 <= 25 ms); at 5,000/s "
+        f"dispatcher p50 {low_p50:.1f} ms / p99 {low_p99:.1f} ms",
+    ]
     lines.append(
         f"\ndedup restore of {args.dedup_entries:,} entries: {restore_rate:,.0f} keys/s "
         f"(target >= 200,000), {bytes_per_key:.0f} bytes/key (target <= 150)"

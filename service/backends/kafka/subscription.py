@@ -164,7 +164,13 @@ class KafkaSubscription(Subscription):
         self._maybe_commit()
         if time.monotonic() - self._lag_checked >= LAG_INTERVAL:
             self._measure_lag()
-        records = self._consumer.consume(max_messages, timeout)
+        # consume() waits for a full batch until the timeout: take what is there at once,
+        # else wait for the first message only, so a quiet topic adds no latency
+        records = self._consumer.consume(max_messages, 0)
+        if not records:
+            first = self._consumer.poll(timeout)
+            if first is not None:
+                records = [first, *self._consumer.consume(max_messages - 1, 0)]
         return self._accept(records)
 
     def _accept(self, records: Sequence[KafkaMessage]) -> Iterator[Message]:
