@@ -75,6 +75,7 @@ class ConcurrentLoop:
         self._in_flight = 0
         self._stopping = False
         self._workers: list[threading.Thread] = []
+        self._failure: BaseException | None = None
         subscription.add_listener(self)
 
     # -- the polling thread ---------------------------------------------------------------
@@ -87,6 +88,8 @@ class ConcurrentLoop:
             self._workers.append(worker)
         try:
             while not dispatcher.stop_requested:
+                if self._failure is not None:
+                    raise self._failure
                 self._settle_done()
                 room = self._max_total - self._in_flight
                 if room <= 0:
@@ -99,11 +102,17 @@ class ConcurrentLoop:
                 dispatcher.last_poll = time.monotonic()
                 if batch is None:  # a finite backend is drained: finish what is in flight
                     while self._in_flight and not dispatcher.stop_requested:
+                        if self._failure is not None:
+                            raise self._failure
                         self._settle_done(wait=0.05)
                     return
+                count = 0
                 for message in batch:
                     self._submit(message)
+                    count += 1
                 dispatcher.cache.poll()
+                if dispatcher.observer is not None:
+                    dispatcher.observer.polled(count)
         finally:
             self._shut_down()
 
@@ -214,10 +223,17 @@ class ConcurrentLoop:
                 self._active.add(lane)
                 message = self._lanes[lane].popleft()
             started = time.perf_counter()
-            verdict = dispatcher.decide(message, self._on_exception)
-            while verdict.outcome is DispatchOutcome.RETRIED and not self._wait(verdict.delay):
-                message = message._replace(attempt=message.attempt + 1)
+            try:
                 verdict = dispatcher.decide(message, self._on_exception)
+                while verdict.outcome is DispatchOutcome.RETRIED and not self._wait(verdict.delay):
+                    message = message._replace(attempt=message.attempt + 1)
+                    verdict = dispatcher.decide(message, self._on_exception)
+            except BaseException as exc:  # noqa: BLE001 - a bug or a callback raising: stop loudly
+                with cond:
+                    self._failure = exc
+                    self._stopping = True
+                    cond.notify_all()
+                return
             with cond:
                 self._done.append((message, verdict, time.perf_counter() - started))
                 self._active.discard(lane)

@@ -144,3 +144,22 @@ def test_stop_finishes_work_in_hand_and_leaves_the_rest_pending() -> None:
 def test_bad_concurrency_settings_are_refused(bad: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError):
         MessageDispatcher(json_registry(), backend=InMemoryBackend(), **bad)
+
+
+def test_an_exception_from_a_callback_in_a_worker_ends_the_loop_loudly() -> None:
+    backend = InMemoryBackend()
+    pub = publisher(backend)
+    for i in range(20):
+        pub.publish(QUEUE, DoPayment(f"k{i}", i), key=f"k{i}")
+
+    def failing(message: DoPayment) -> None:
+        raise RuntimeError("consumer fails")
+
+    def on_exception(error: Exception) -> None:
+        raise KeyError("the callback itself is broken")
+
+    dispatcher = MessageDispatcher(json_registry(), backend=backend, concurrency=4)
+    dispatcher.attach_consumer(Consumer(on_message=failing))
+    with pytest.raises(KeyError, match="the callback itself is broken"):
+        dispatcher.consume_loop(QUEUE, on_exception=on_exception)
+    assert len(backend.pending(QUEUE)) == 20  # nothing was settled as done
