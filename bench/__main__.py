@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from confluent_kafka import Consumer as RawConsumer
 from confluent_kafka import Producer
 
-from bench import avro_case, concurrency_case, dedup_case, latency_case
+from bench import avro_case, concurrency_case, dedup_case, latency_case, plot
 from bench.timing import dispatcher_rate
 from service import JsonSerializer, SerializerRegistry
 from service.backends.kafka import KafkaBackend
@@ -164,9 +164,12 @@ def main() -> None:
         *(f"| {c} | {r} | {a:,.0f} | {b:,.0f} | {b / a:.2f} |" for c, r, a, b in rows),
     ]
     targets = {"json": 0.6, "avro": 0.6, "avro+dedup": 0.45}
+    medians: list[tuple[str, float, float]] = []
     for case, target in targets.items():
         ratios = sorted(b / a for c, _, a, b in rows if c == case)
+        medians.append((case, ratios[len(ratios) // 2], target))
         lines.append(f"\n{case}: median ratio {ratios[len(ratios) // 2]:.2f} (target >= {target})")
+    plot.ratios_png(RESULTS / "ratios.png", medians)
     lines += [
         f"\nslow consumer (5 ms/message, 64 keys, key order): sequential {sequential:,.0f}/s, "
         f"concurrency 32: {concurrent:,.0f}/s = {concurrent / sequential:.1f}x "
