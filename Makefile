@@ -18,8 +18,8 @@ unit: install
 	$(PY) -m pytest -q tests/unit tests/contract
 
 lint: install
-	$(PY) -m ruff check service tests
-	$(PY) -m ruff format --check service tests
+	$(PY) -m ruff check service tests examples bench
+	$(PY) -m ruff format --check service tests examples bench
 
 typecheck: install
 	$(PY) -m mypy

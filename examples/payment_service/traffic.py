@@ -22,7 +22,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument(
-        "-c", "--config",
+        "-c",
+        "--config",
         default=os.environ.get("SERVICE_CONFIG", "examples/payment_service/service.yaml"),
     )
     args = parser.parse_args()
@@ -34,7 +35,9 @@ def main() -> None:
     for i in range(args.count):
         amount = Decimal("1500.00") if i % 5 == 4 else Decimal(f"{10 + i % 90}.{i % 100:02d}")
         payment = dataclasses.replace(
-            command, payment_id=uuid.uuid4(), amount=Money(amount, "EUR"),
+            command,
+            payment_id=uuid.uuid4(),
+            amount=Money(amount, "EUR"),
             merchant_reference=f"INV-{i:05d}",
         )
         publisher.publish("payments", payment, key=str(payment.order_id))
