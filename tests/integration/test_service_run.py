@@ -306,3 +306,27 @@ def test_readyz_flips_when_the_broker_goes_away_and_comes_back(tmp_path: Path) -
         finally:
             assert service.stop() == 0
             backend.close()
+
+
+def test_a_second_signal_exits_at_once_and_nothing_done_is_lost(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    queue, ledger, total = unique("svc"), tmp_path / "ledger", 30
+    backend = kafka_backend(kafka_bootstrap, partitions=3)
+    backend.declare_queue(queue)
+    config = write_config(tmp_path / "c.yaml", kafka_bootstrap, queue)
+    publish(backend, queue, total)
+    service = Service(config, ledger, sleep_ms=3000)  # each message takes 3 s
+    wait_for(lambda: service.get("/readyz")[0] == 200, 20)
+    time.sleep(0.5)  # a message is in hand
+    service.proc.send_signal(signal.SIGTERM)
+    service._wait_for(r"SIGTERM: stopping")  # the first is handled: graceful stop begins
+    started = time.monotonic()
+    assert service.stop(signal.SIGTERM, timeout=10) == 1  # the second one: at once, code 1
+    assert time.monotonic() - started < 2.5
+    again = Service(config, ledger)
+    try:
+        wait_for(lambda: set(amounts(ledger)) == set(range(total)), 30)
+    finally:
+        assert again.stop() == 0
+    backend.close()
