@@ -79,6 +79,7 @@ Routing = tuple[int, str, str]
 _SERIALIZER_IDS: dict[bytes, int] = {}
 _MANIFESTS: dict[bytes, str] = {}
 _CACHE_LIMIT = 4096  # distinct header values remembered decoded; beyond, decode each time
+_MAX_ID_DIGITS = 20  # int() refuses strings over 4300 digits; no real id is that long
 
 
 def read_routing(message: Message) -> Routing:
@@ -87,7 +88,7 @@ def read_routing(message: Message) -> Routing:
     Raises:
         MissingHeaderError: a routing header is absent or empty.
         MalformedHeaderError: a routing header repeats with different values, is not UTF-8,
-            or the serializer id is not a decimal integer.
+            or the serializer id is not a decimal integer of at most 20 digits.
     """
     serializer_raw = manifest_raw = message_id_raw = None
     for name, value in message.headers:
@@ -119,9 +120,10 @@ def read_routing(message: Message) -> Routing:
     serializer_id = _SERIALIZER_IDS.get(serializer_raw)
     if serializer_id is None:
         text = _text(SERIALIZER_ID_HEADER, serializer_raw, message)
-        if not text.isascii() or not text.isdigit():
+        if not text.isascii() or not text.isdigit() or len(text) > _MAX_ID_DIGITS:
             raise MalformedHeaderError(
-                f"header {SERIALIZER_ID_HEADER!r} is {text[:40]!r}, not a decimal integer",
+                f"header {SERIALIZER_ID_HEADER!r} is {text[:40]!r}, not a decimal integer "
+                f"of at most {_MAX_ID_DIGITS} digits",
                 message,
             )
         serializer_id = int(text)

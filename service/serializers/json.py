@@ -101,7 +101,7 @@ class JsonSerializer(Serializer):
                 )
         try:
             payload = json.loads(data.decode("utf-8"))  # RFC 8259: JSON on the wire is UTF-8
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # too deeply nested
             raise DeserializationError(f"payload is not valid JSON: {exc}") from exc
         if not isinstance(payload, dict):
             raise DeserializationError(
