@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test unit lint typecheck fetch kafka-up kafka-down bench demo demo-stop
+.PHONY: install test unit lint typecheck fetch kafka-up kafka-down bench demo demo-stop chaos
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,3 +44,6 @@ demo: install fetch  ## broker + registry, topics, schemas, the example service,
 demo-stop:
 	-[ -f .local/demo-service.pid ] && kill $$(cat .local/demo-service.pid)
 	bash deploy/local/down.sh
+
+chaos: install fetch  ## the fault suite at full size: 100,000 messages, kills, outages
+	$(PY) -m tests.chaos.run --messages $${CHAOS_MESSAGES:-100000} --outage 10 30

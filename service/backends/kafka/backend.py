@@ -24,6 +24,11 @@ __all__ = ["KafkaBackend", "QueueBinding"]
 
 logger = logging.getLogger(__name__)
 
+# What the broker answers a CreateTopics without CREATE permission, even for an existing topic.
+_NO_CREATE_CODES = frozenset(
+    {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED}
+)
+
 
 @dataclass(frozen=True, slots=True)
 class QueueBinding:
@@ -151,7 +156,11 @@ class KafkaBackend(MessagingBackend):
     def create_topics(
         self, topics: Mapping[str, int], config: Mapping[str, str] | None = None
     ) -> None:
-        """Create the missing ``topics`` (name -> partitions) with topic ``config``."""
+        """Create the missing ``topics`` (name -> partitions) with topic ``config``.
+
+        An existing topic is left as it is, also when the principal may not create topics
+        (no CREATE ACL) but may see it: least-privilege deployments provision them.
+        """
         new = [
             NewTopic(name, partitions, self._replication_factor, config=dict(config or {}))
             for name, partitions in topics.items()
@@ -165,7 +174,12 @@ class KafkaBackend(MessagingBackend):
             try:
                 future.result(timeout=self.startup_timeout + 5)
             except KafkaException as exc:
-                if exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                code = exc.args[0].code()
+                if code == KafkaError.TOPIC_ALREADY_EXISTS:
+                    continue
+                if code in _NO_CREATE_CODES and self._topic_exists(name):
+                    # least privilege: no CREATE, but the operator provisioned the topic
+                    logger.debug("topic %r exists; no CREATE permission needed", name)
                     continue
                 raise translate(exc, f"creating topic {name!r}") from exc
             except TimeoutError as exc:
@@ -173,6 +187,17 @@ class KafkaBackend(MessagingBackend):
                     f"creating topic {name!r}: no answer from {self.bootstrap_servers} "
                     f"within {self.startup_timeout}s"
                 ) from exc
+
+    def _topic_exists(self, name: str) -> bool:
+        """Whether ``name`` exists and this principal may see it (DESCRIBE)."""
+        try:
+            metadata = self._admin_client().list_topics(
+                name, timeout=min(self.startup_timeout, 10.0)
+            )
+        except KafkaException:
+            return False
+        topic = metadata.topics.get(name)
+        return topic is not None and topic.error is None and bool(topic.partitions)
 
     def declare_queue(
         self,
