@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
@@ -25,10 +27,24 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 15.0) -> list[Message]:
-    """Read ``topic`` from the beginning until ``count`` records or ``timeout``."""
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    count: int,
+    timeout: float = 15.0,
+    client: Mapping[str, Any] | None = None,
+) -> list[Message]:
+    """Read ``topic`` from the beginning until ``count`` records or ``timeout``.
+
+    ``client``: extra librdkafka settings (e.g. SASL credentials).
+    """
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": unique("reader"), "enable.auto.commit": False}
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": unique("reader"),
+            "enable.auto.commit": False,
+            **(client or {}),
+        }
     )
     try:
         metadata = consumer.list_topics(topic, timeout=10)
@@ -62,3 +78,16 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int = 1) -> li
         return [tp.offset for tp in tps]
     finally:
         consumer.close()
+
+
+def broker_pid(workdir: Path) -> int:
+    """The pid of the local JVM broker whose command line names ``workdir``."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "kafka.Kafka" in cmdline and str(workdir.resolve()) in cmdline:
+                return int(proc.name)
+    raise RuntimeError(f"no broker running from {workdir}")

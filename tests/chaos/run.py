@@ -22,7 +22,7 @@ from pathlib import Path
 
 from service import Publisher
 from service.backends.kafka import KafkaBackend
-from tests.kafka_helpers import committed, read_topic
+from tests.kafka_helpers import broker_pid, committed, read_topic
 from tests.payments import DoPayment, json_registry
 from tests.support.local_brokers import local_kafka
 
@@ -30,19 +30,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS = 6
 MAX_IN_FLIGHT = 200
 MEMBERS = 3
-
-
-def broker_pid(workdir: Path) -> int:
-    """The pid of the JVM broker whose command line names ``workdir``."""
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if "kafka.Kafka" in cmdline and str(workdir.resolve()) in cmdline:
-                return int(proc.name)
-    raise RuntimeError(f"no broker running from {workdir}")
 
 
 def config(bootstrap: str, queue: str) -> dict[str, object]:

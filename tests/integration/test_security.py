@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer as KafkaConsumer
-from confluent_kafka import TopicPartition
 from confluent_kafka.admin import (
     AclBinding,
     AclOperation,
@@ -46,7 +44,7 @@ from service.config.model import Secret, reveal
 from service.dedup.kafka import CompactedTopicCache
 from service.messages import Message
 from service.metrics import ServiceMetrics
-from tests.kafka_helpers import FAST_GROUP, unique
+from tests.kafka_helpers import FAST_GROUP, read_topic, unique
 from tests.payments import DoPayment, json_registry
 from tests.support.local_brokers import SASL_USERS, local_kafka, sasl_client_config
 
@@ -133,34 +131,10 @@ def publish_as_admin(bootstrap: str, topic: str, amounts: range) -> None:
 
 def read_as_admin(bootstrap: str, topic: str, count: int, timeout: float = 15.0) -> list[Message]:
     """Read ``topic`` from the beginning (as admin) until ``count`` records or ``timeout``."""
-    consumer = KafkaConsumer(
-        {
-            **sasl_client_config(bootstrap, "admin"),
-            "group.id": unique("reader"),
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        got: list[Message] = []
-        deadline = time.monotonic() + timeout
-        while len(got) < count and time.monotonic() < deadline:
-            for record in consumer.consume(count - len(got), 0.5):
-                if record.error() is None:
-                    got.append(
-                        Message(
-                            record.topic() or "",
-                            record.value(),
-                            tuple(record.headers() or ()),  # type: ignore[arg-type]
-                            record.key(),
-                            record.partition() or 0,
-                            record.offset() or 0,
-                        )
-                    )
-        return got
-    finally:
-        consumer.close()
+    admin = {
+        k: v for k, v in sasl_client_config(bootstrap, "admin").items() if k != "bootstrap.servers"
+    }
+    return read_topic(bootstrap, topic, count, timeout, client=admin)
 
 
 class Recorder(Consumer):

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service import Consumer, Publisher
 from service.backends.kafka import KafkaBackend
-from tests.kafka_helpers import committed, kafka_backend, unique
+from tests.kafka_helpers import broker_pid, committed, kafka_backend, unique
 from tests.payments import DoPayment, json_registry
 from tests.support.local_brokers import local_kafka
 
@@ -265,19 +265,6 @@ def test_secrets_never_appear_in_errors(tmp_path: Path) -> None:
     assert "hunter2" not in result.stderr + result.stdout
 
 
-def _broker_pid(workdir: Path) -> int:
-    """The pid of the JVM broker whose command line names ``workdir``."""
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if "kafka.Kafka" in cmdline and str(workdir.resolve()) in cmdline:
-                return int(proc.name)
-    raise AssertionError(f"no broker running from {workdir}")
-
-
 def test_readyz_flips_when_the_broker_goes_away_and_comes_back(tmp_path: Path) -> None:
     workdir = tmp_path / "own-broker"
     with local_kafka(workdir) as bootstrap:
@@ -288,7 +275,7 @@ def test_readyz_flips_when_the_broker_goes_away_and_comes_back(tmp_path: Path) -
         config["kafka"]["client"] = {"socket.timeout.ms": 2000, "socket.keepalive.enable": True}
         (tmp_path / "c.yaml").write_text(json.dumps(config))
         service = Service(tmp_path / "c.yaml", ledger)
-        broker = _broker_pid(workdir)
+        broker = broker_pid(workdir)
         try:
             publish(backend, queue, 5)
             wait_for(lambda: len(amounts(ledger)) == 5, 30)
