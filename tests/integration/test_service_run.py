@@ -282,12 +282,12 @@ def test_readyz_flips_when_the_broker_goes_away_and_comes_back(tmp_path: Path) -
             wait_for(lambda: service.get("/readyz")[0] == 200, 20)
             os.kill(broker, signal.SIGSTOP)  # the broker stops answering
             try:
-                wait_for(lambda: service.get("/readyz")[0] == 503, 30)
+                wait_for(lambda: service.get("/readyz")[0] == 503, 60)
                 _, body = service.get("/readyz")
                 assert "broker unreachable" in body
             finally:
                 os.kill(broker, signal.SIGCONT)
-            wait_for(lambda: service.get("/readyz")[0] == 200, 40)
+            wait_for(lambda: service.get("/readyz")[0] == 200, 90)
             publish(backend, queue, 5, start=5)
             wait_for(lambda: sorted(amounts(ledger)) == list(range(10)), 30)
         finally:
