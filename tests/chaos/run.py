@@ -96,6 +96,9 @@ def main() -> int:
     parser.add_argument("--outage", type=float, nargs=2, default=(10.0, 30.0))
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--sleep-ms", type=float, default=10.0, help="I/O per message")
+    parser.add_argument(
+        "--max-extra", type=int, default=30, help="kills/stops beyond the first round, at most"
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
     started = time.monotonic()
@@ -151,6 +154,20 @@ def main() -> int:
                     (chaos_dir / "transient").touch()
                     time.sleep(rng.uniform(2.0, 5.0))
                     (chaos_dir / "transient").unlink()
+            # keep killing while most of the work is still ahead, so the faults hit it
+            extra = 0
+            while len(set(ledger(chaos_dir))) < 0.8 * len(expected) and extra < args.max_extra:
+                time.sleep(rng.uniform(3.0, 6.0))
+                victim = rng.randrange(MEMBERS)
+                if rng.random() < 0.7:
+                    members[victim].kill(signal.SIGKILL)
+                    kills += 1
+                else:
+                    code = members[victim].kill(signal.SIGTERM)
+                    assert code == 0, f"graceful stop exited {code}"
+                    terms += 1
+                members[victim] = Member(config_path, chaos_dir, log)
+                extra += 1
             during_chaos = len(set(ledger(chaos_dir)))
             deadline = time.monotonic() + 600
             while not done() and time.monotonic() < deadline:
