@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS = 6
 MAX_IN_FLIGHT = 200
 MEMBERS = 3
+LIVE: list[Member] = []
 
 
 def config(bootstrap: str, queue: str) -> dict[str, object]:
@@ -66,6 +67,7 @@ class Member:
             CHAOS_DIR=str(chaos_dir), PYTHONPATH=str(ROOT), CHAOS_SLEEP_MS=str(self.sleep_ms)
         )
         self._log = open(log, "a")  # noqa: SIM115 - lives as long as the process
+        LIVE.append(self)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service", "run", "-c", str(config_path)],
             cwd=ROOT,
@@ -90,6 +92,16 @@ def ledger(chaos_dir: Path) -> list[str]:
 
 
 def main() -> int:
+    """Run the suite; on any failure no member process is left behind."""
+    try:
+        return _main()
+    finally:
+        for member in LIVE:
+            if member.proc.poll() is None:
+                member.proc.kill()
+
+
+def _main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--kills", type=int, default=5)
