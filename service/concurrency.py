@@ -161,10 +161,12 @@ class ConcurrentLoop:
     def _shut_down(self) -> None:
         with self._cond:
             self._stopping = True
-            abandoned = sum(len(q) for q in self._lanes.values())
+            for queue in self._lanes.values():  # not started: delivered again after a restart
+                for message in queue:
+                    self._per_partition[(message.topic, message.partition)] -= 1
+                self._in_flight -= len(queue)
             self._lanes.clear()
             self._ready.clear()
-            self._in_flight -= abandoned  # not settled: delivered again after the restart
             self._cond.notify_all()
         for worker in self._workers:
             worker.join()

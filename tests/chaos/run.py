@@ -84,6 +84,15 @@ class Member:
             self._log.close()
 
 
+def _tail(log: Path) -> str:
+    lines = [
+        line
+        for line in log.read_text(errors="replace").splitlines()
+        if "ERROR" in line or "Error" in line or "stopped" in line
+    ]
+    return "\n".join(lines[-30:])
+
+
 def ledger(chaos_dir: Path) -> list[str]:
     rows: list[str] = []
     for path in chaos_dir.glob("ledger-*.txt"):
@@ -154,7 +163,7 @@ def _main() -> int:
                     members[victim] = Member(config_path, chaos_dir, log)
                 elif event == "term":
                     code = members[victim].kill(signal.SIGTERM)
-                    assert code == 0, f"graceful stop exited {code}"
+                    assert code == 0, f"graceful stop exited {code}: {_tail(log)}"
                     terms += 1
                     members[victim] = Member(config_path, chaos_dir, log)
                 elif event == "outage":
@@ -176,7 +185,7 @@ def _main() -> int:
                     kills += 1
                 else:
                     code = members[victim].kill(signal.SIGTERM)
-                    assert code == 0, f"graceful stop exited {code}"
+                    assert code == 0, f"graceful stop exited {code}: {_tail(log)}"
                     terms += 1
                 members[victim] = Member(config_path, chaos_dir, log)
                 extra += 1
@@ -194,7 +203,7 @@ def _main() -> int:
             time.sleep(3)  # let the last commits land
             for member in members:
                 code = member.kill(signal.SIGTERM)
-                assert code == 0, f"graceful stop exited {code}"
+                assert code == 0, f"graceful stop exited {code}: {_tail(log)}"
             offsets = committed(bootstrap, queue, queue, PARTITIONS)
             backend.close()
             rows = ledger(chaos_dir)

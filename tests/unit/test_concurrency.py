@@ -163,3 +163,41 @@ def test_an_exception_from_a_callback_in_a_worker_ends_the_loop_loudly() -> None
     with pytest.raises(KeyError, match="the callback itself is broken"):
         dispatcher.consume_loop(QUEUE, on_exception=on_exception)
     assert len(backend.pending(QUEUE)) == 20  # nothing was settled as done
+
+
+def test_stopping_with_queued_work_leaves_nothing_counted_in_flight() -> None:
+    backend = InMemoryBackend()
+    pub = publisher(backend)
+    for i in range(100):
+        pub.publish(QUEUE, DoPayment("one-key", i), key="one-key")  # one lane: a long queue
+    dispatcher: MessageDispatcher
+    seen: list[int] = []
+
+    def on_message(message: DoPayment) -> None:
+        seen.append(message.amount)
+        if len(seen) == 3:
+            dispatcher.stop()
+
+    dispatcher = MessageDispatcher(json_registry(), backend=backend, concurrency=4)
+    dispatcher.attach_consumer(Consumer(on_message=on_message))
+    loop_listener: list[Any] = []
+    original = backend.subscribe
+
+    def spy(queue_name: str) -> Any:
+        subscription = original(queue_name)
+        real_add = subscription.add_listener
+
+        def add_listener(listener: Any) -> None:
+            loop_listener.append(listener)
+            real_add(listener)
+
+        subscription.add_listener = add_listener  # type: ignore[method-assign]
+        return subscription
+
+    backend.subscribe = spy  # type: ignore[method-assign]
+    started = time.monotonic()
+    dispatcher.consume_loop(QUEUE)
+    [loop] = loop_listener
+    assert all(count == 0 for count in loop._per_partition.values())
+    loop.on_revoked([(QUEUE, 0)])  # what a revocation at close would do: no waiting
+    assert time.monotonic() - started < 5
