@@ -349,3 +349,31 @@ def test_sigkill_under_concurrency_loses_nothing(
     finally:
         worker.terminate()
         assert worker.wait(30) == 0
+
+
+def test_a_topic_deleted_while_consumed_is_reported_and_nothing_done_is_lost(
+    backend: KafkaBackend, kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    queue = unique("q")
+    backend.declare_queue(queue)
+    publish(backend, queue, range(20))
+    recorder = Recorder()
+    dispatcher = MessageDispatcher(json_registry(), backend=backend)
+    dispatcher.attach_consumer(recorder)
+    thread = threading.Thread(target=dispatcher.consume_loop, args=(queue,))
+    with caplog.at_level("WARNING", logger="service"):
+        thread.start()
+        try:
+            wait_for(lambda: len(recorder.amounts) == 20, 20)
+            wait_for(lambda: sum(committed(kafka_bootstrap, queue, queue, 3)) == 20, 10)
+            admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+            for future in admin.delete_topics([queue]).values():
+                future.result(10)
+            wait_for(lambda: "topic does not exist" in caplog.text, 30)
+            assert thread.is_alive()  # the loop goes on: a clear warning, not a crash
+        finally:
+            dispatcher.stop()
+            thread.join(30)
+    assert sorted(recorder.amounts) == list(range(20))

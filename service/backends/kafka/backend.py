@@ -51,6 +51,7 @@ class ConnectionWatch:
     def __init__(self, name: str) -> None:
         self._name = name
         self._down = False
+        self._reported: set[str] = set()
         self.fatal: KafkaError | None = None
 
     def on_error(self, error: KafkaError) -> None:
@@ -65,7 +66,9 @@ class ConnectionWatch:
             if not self._down:
                 self._down = True
                 logger.warning("%s: broker unreachable, retrying: %s", self._name, error.str())
-        else:
+        elif error.str() not in self._reported:  # once each, until the broker answers again
+            if len(self._reported) < 1000:
+                self._reported.add(error.str())
             logger.warning("%s: %s: %s", self._name, error.name(), error.str())
 
     @property
@@ -74,7 +77,8 @@ class ConnectionWatch:
         return self._down
 
     def reachable(self) -> None:
-        """Note that the broker answered."""
+        """Note that the broker answered (warnings may be repeated again from now on)."""
+        self._reported.clear()
         if self._down:
             self._down = False
             logger.warning("%s: broker reachable again", self._name)

@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 _Partition = tuple[str, int]
 LAG_INTERVAL = 5.0  # seconds between lag measurements
-_IGNORED_CODES = frozenset({KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART})
+_IGNORED_CODES = frozenset({KafkaError._PARTITION_EOF})
 
 
 class KafkaSubscription(Subscription):
@@ -68,6 +68,7 @@ class KafkaSubscription(Subscription):
         self._listeners: list[SubscriptionListener] = []
         self._lag: dict[_Partition, int] = {}
         self._held: set[_Partition] = set()  # paused for back-pressure
+        self._missing_reported: set[str] = set()  # topic errors already logged once
         self._lag_checked = 0.0
         self.assigned_once = False
         """Whether the group gave this member an assignment (possibly empty) yet."""
@@ -224,6 +225,16 @@ class KafkaSubscription(Subscription):
         code = error.code()
         if code in _IGNORED_CODES:
             logger.debug("queue %r: %s", self.queue_name, error.str())
+            return
+        if code == KafkaError.UNKNOWN_TOPIC_OR_PART:  # not created yet, or deleted meanwhile
+            if error.str() not in self._missing_reported:
+                self._missing_reported.add(error.str())
+                logger.warning(
+                    "queue %r: %s (topics %s); waiting for it to exist",
+                    self.queue_name,
+                    error.str(),
+                    ", ".join(self.binding.topics),
+                )
             return
         if error.fatal() or code in (
             KafkaError.TOPIC_AUTHORIZATION_FAILED,
