@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import shutil
 import struct
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -316,3 +318,44 @@ def test_confluent_serializer_and_deserializer_interoperate(
             record.value, SerializationContext(topic, MessageField.VALUE)
         )
         assert decoded == as_dict
+
+
+def test_a_schema_deleted_from_the_registry_dead_letters_with_a_clear_reason(
+    backend: KafkaBackend,
+    registry: SchemaRegistry,
+    schema_registry_url: str,
+    kafka_bootstrap: str,
+    tmp_path: Path,
+) -> None:
+    catalog_dir = tmp_path / "schemas"
+    catalog_dir.mkdir()
+    definition = json.loads((ROOT / "schemas" / "DoPayment.avsc").read_text())
+    definition["doc"] = f"unique content {uuid.uuid4()}"  # its own schema id, nobody else's
+    (catalog_dir / "DoPayment.avsc").write_text(json.dumps(definition))
+    queue = unique("sr-deleted")
+    backend.declare_queue(queue)
+    writer = AvroSerializer(SchemaCatalog(catalog_dir), registry, subject_strategy="topic_record")
+    writing = SerializerRegistry(
+        {"serializers": {"avro": writer}, "serializer_bindings": {pm.DoPayment: "avro"}}
+    )
+    sample = next(m for m in pm.sample_messages() if isinstance(m, pm.DoPayment))
+    Publisher(writing, backend).publish(queue, sample, key="k")
+    backend.flush()
+    subject = f"{queue}-payments.DoPayment"
+    for suffix in ("", "?permanent=true"):
+        request = urllib.request.Request(  # noqa: S310 - our local registry over http
+            f"{schema_registry_url}/subjects/{subject}{suffix}", method="DELETE"
+        )
+        urllib.request.urlopen(request, timeout=10).close()  # noqa: S310 - our local registry
+    errors: list[Exception] = []
+    consume(
+        backend,
+        avro_registry(registry, catalog_dir, pm.DoPayment),
+        queue,
+        lambda r: bool(errors),
+        errors=errors,
+    )
+    assert [type(e) for e in errors] == [UnknownSchemaError]
+    [letter] = read_topic(kafka_bootstrap, f"{queue}.dlq", 1)
+    assert letter.header("dlq.error_class") == b"UnknownSchemaError"
+    assert b"has no schema id" in (letter.header("dlq.error_text") or b"")
