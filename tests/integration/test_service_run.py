@@ -304,8 +304,7 @@ def test_a_second_signal_exits_at_once_and_nothing_done_is_lost(
     config = write_config(tmp_path / "c.yaml", kafka_bootstrap, queue)
     publish(backend, queue, total)
     service = Service(config, ledger, sleep_ms=3000)  # each message takes 3 s
-    wait_for(lambda: service.get("/readyz")[0] == 200, 20)
-    time.sleep(0.5)  # a message is in hand
+    wait_for(lambda: len(amounts(ledger)) >= 1, 30)  # the next message is now in hand (3 s)
     service.proc.send_signal(signal.SIGTERM)
     service._wait_for(r"SIGTERM: stopping")  # the first is handled: graceful stop begins
     started = time.monotonic()
