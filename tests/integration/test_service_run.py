@@ -36,7 +36,10 @@ class LedgerConsumer(Consumer):
         self._sleep = int(os.environ.get("SLEEP_MS", "0")) / 1000
 
     def process(self, message: Any, **kwargs: Any) -> None:
-        time.sleep(self._sleep)
+        if self._sleep:
+            with open(os.environ["LEDGER"] + ".started", "a") as started:
+                started.write(f"{message.amount}\n")
+            time.sleep(self._sleep)
         self._file.write(f"{message.amount}\n")
 
 
@@ -304,11 +307,13 @@ def test_a_second_signal_exits_at_once_and_nothing_done_is_lost(
     config = write_config(tmp_path / "c.yaml", kafka_bootstrap, queue)
     publish(backend, queue, total)
     service = Service(config, ledger, sleep_ms=3000)  # each message takes 3 s
-    wait_for(lambda: len(amounts(ledger)) >= 1, 30)  # the next message is now in hand (3 s)
+    in_hand = Path(f"{ledger}.started")
+    wait_for(lambda: in_hand.exists() and len(amounts(in_hand)) > len(amounts(ledger)), 30)
     service.proc.send_signal(signal.SIGTERM)
     service._wait_for(r"SIGTERM: stopping")  # the first is handled: graceful stop begins
     started = time.monotonic()
-    assert service.stop(signal.SIGTERM, timeout=10) == 1  # the second one: at once, code 1
+    code = service.stop(signal.SIGTERM, timeout=10)
+    assert code == 1, "".join(service.lines[-15:])  # the second one: at once, code 1
     assert time.monotonic() - started < 2.5
     again = Service(config, ledger)
     try:
