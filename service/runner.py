@@ -169,12 +169,12 @@ class ServiceRunner:
         """Wait for every loop to end; False when ``timeout`` passed first."""
         deadline = None if timeout is None else time.monotonic() + timeout
         for loop in self.loops:
-            if loop.thread is None:
-                continue
-            left = None if deadline is None else max(deadline - time.monotonic(), 0)
-            loop.thread.join(left)
-            if loop.thread.is_alive():
-                return False
+            # short joins: the main thread must run often for a second signal to act at once
+            while loop.thread is not None and loop.thread.is_alive():
+                left = 0.1 if deadline is None else min(deadline - time.monotonic(), 0.1)
+                if left <= 0:
+                    return False
+                loop.thread.join(left)
         return True
 
     def close(self) -> None:
@@ -198,6 +198,7 @@ class ServiceRunner:
                     signals.get(signal.Signals(number), number),
                 )
                 os._exit(1)
+            self._stopping.set()  # first: a signal arriving during this handler exits at once
             logger.info(
                 "%s: stopping (finishing the messages in hand)",
                 signals.get(signal.Signals(number), number),
