@@ -22,15 +22,13 @@ import json
 import os
 import pathlib
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 
-from confluent_kafka import Consumer as RawConsumer
 from confluent_kafka import Producer
 
 from bench import avro_case, concurrency_case, dedup_case, latency_case, plot
-from bench.timing import dispatcher_rate
+from bench.timing import dispatcher_rate, raw_rate
 from service import JsonSerializer, SerializerRegistry
 from service.backends.kafka import KafkaBackend
 
@@ -82,28 +80,8 @@ def publish(bootstrap: str, topic: str, count: int) -> None:
 
 
 def raw_loop(bootstrap: str, topic: str, count: int) -> float:
-    consumer = RawConsumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"raw-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": True,
-        }
-    )
-    consumer.subscribe([topic])
-    seen, started = 0, None
-    while seen < count:
-        for record in consumer.consume(1000, 1.0):
-            if record.error() is not None:
-                continue
-            if started is None:
-                started = time.perf_counter()
-            record.headers()
-            json.loads(record.value())  # type: ignore[arg-type]
-            seen += 1
-    elapsed = time.perf_counter() - (started or time.perf_counter())
-    consumer.close()
-    return count / elapsed
+    """The raw baseline for JSON: ``json.loads`` of each value."""
+    return raw_rate(bootstrap, topic, count, json.loads)
 
 
 def dispatcher_loop(bootstrap: str, topic: str, count: int) -> float:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
+
+from confluent_kafka import Consumer as RawConsumer
 
 from service import Consumer, DeduplicationCache, MessageDispatcher, SerializerRegistry
 from service.backends.kafka import KafkaBackend
@@ -45,4 +48,30 @@ def dispatcher_rate(
     dispatcher.consume_loop(queue)
     elapsed = time.perf_counter() - counter.started
     backend.close()
+    return count / elapsed
+
+
+def raw_rate(bootstrap: str, topic: str, count: int, decode: Callable[[bytes], Any]) -> float:
+    """Messages per second of a raw confluent-kafka ``consume(1000)`` loop that reads the
+    headers and ``decode``s each value: the baseline every ratio is measured against."""
+    consumer = RawConsumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"raw-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([topic])
+    seen, started = 0, 0.0
+    while seen < count:
+        for record in consumer.consume(1000, 1.0):
+            if record.error() is not None:
+                continue
+            if not seen:
+                started = time.perf_counter()
+            record.headers()
+            decode(record.value())  # type: ignore[arg-type]
+            seen += 1
+    elapsed = time.perf_counter() - started
+    consumer.close()
     return count / elapsed

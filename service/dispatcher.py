@@ -157,7 +157,6 @@ class MessageDispatcher:
         self._remembered: OrderedDict[_Record, dict[str, bool]] = OrderedDict()
         self._memory_lock = threading.Lock()
         self._stop_requested = False  # a plain flag: setting it is atomic, reading it cheap
-        self._last_outcome = "success"
 
     @property
     def backend(self) -> MessagingBackend:
@@ -337,13 +336,13 @@ class MessageDispatcher:
             progress = {}
         if self._dedup or progress:
             for consumer, name in route:
-                error = self._run(consumer, name, data, message_id, message, progress)
-                if error is not None:
-                    errors.append(error)
-                    report(on_exception, error)
+                result = self._run(consumer, name, data, message_id, message, progress)
+                if isinstance(result, Exception):
+                    errors.append(result)
+                    report(on_exception, result)
                 if self.observer is not None:
                     self.observer.consumer_outcome(
-                        name, "failure" if error is not None else self._last_outcome
+                        name, "failure" if isinstance(result, Exception) else result
                     )
         else:  # the common case, inlined: no dedup store and a first delivery
             for consumer, name in route:
@@ -428,8 +427,11 @@ class MessageDispatcher:
         message_id: str,
         message: Message,
         progress: dict[str, bool],
-    ) -> Exception | None:
+    ) -> Exception | str:
         """Run one consumer unless it already succeeded; ``progress[name]`` = key stored.
+
+        Returns the error, or the outcome: ``success``, or ``duplicate`` when the consumer
+        did not run (its key was in the cache, or it succeeded on an earlier delivery).
 
         Policy: any ``Exception`` from the consumer or the cache is caught here, because one
         failing consumer must neither stop the loop nor lose the message; it is returned
@@ -437,7 +439,7 @@ class MessageDispatcher:
         """
         stored = progress.get(name)
         key = f"{name}.{message_id}" if self._dedup else ""
-        self._last_outcome = "success" if stored is None else "duplicate"
+        outcome = "success" if stored is None else "duplicate"
         if stored is None:
             if self._dedup:
                 try:
@@ -446,8 +448,7 @@ class MessageDispatcher:
                     return store_error("read", key, message, exc)
                 if seen:
                     progress[name] = True
-                    self._last_outcome = "duplicate"
-                    return None
+                    return "duplicate"
             try:
                 consumer.process(data, message_id=message_id)
             except Exception as exc:  # noqa: BLE001 - policy in the docstring
@@ -459,7 +460,7 @@ class MessageDispatcher:
             except Exception as exc:  # noqa: BLE001 - policy in the docstring
                 return store_error("write", key, message, exc)
             progress[name] = True
-        return None
+        return outcome
 
     def _dead_letter(
         self,
