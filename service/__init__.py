@@ -14,12 +14,12 @@ from service.backends import (
     InMemoryBackend,
     MessagingBackend,
     Subscription,
-    link_synchronously,
 )
 from service.backends.kafka import KafkaBackend
+from service.backends.kafka.dedup import CompactedTopicCache
 from service.consumers import Consumer, SingleDispatchConsumer, consumer, manifest_of
 from service.dedup import DeduplicationCache, InMemoryCache, NullCache
-from service.dedup.kafka import CompactedTopicCache
+from service.dispatch.retry import RetryPolicy
 from service.dispatcher import DispatchOutcome, MessageDispatcher, SimpleMessageDispatcher
 from service.errors import (
     AuthenticationError,
@@ -29,27 +29,30 @@ from service.errors import (
     CommitError,
     ConfigurationError,
     ConsumerError,
+    DeadLetterRefusedError,
     DeduplicationStoreError,
     DeserializationError,
     MalformedHeaderError,
     MessageError,
+    MessageRejected,
     MissingHeaderError,
     ProduceError,
     SchemaRegistryError,
     SchemaRegistryUnavailableError,
     SerializationError,
     ServiceError,
+    TransactionAbortedError,
     TransientError,
     UnknownManifestError,
     UnknownSchemaError,
     UnknownSerializerError,
 )
-from service.messages import Message
+from service.messages import Message, Record
 from service.publisher import Publisher
-from service.retry import RetryPolicy
 from service.schema_registry import SchemaRegistry
 from service.schemas.catalog import SchemaCatalog
 from service.serializers import AvroSerializer, JsonSerializer, Serializer, SerializerRegistry
+from service.testing import link_synchronously
 
 __all__ = [
     "AuthenticationError",
@@ -64,6 +67,7 @@ __all__ = [
     "ConsumerError",
     "DeadLetter",
     "DeadLetterReason",
+    "DeadLetterRefusedError",
     "DeduplicationCache",
     "DeduplicationStoreError",
     "DeserializationError",
@@ -76,11 +80,13 @@ __all__ = [
     "Message",
     "MessageDispatcher",
     "MessageError",
+    "MessageRejected",
     "MessagingBackend",
     "MissingHeaderError",
     "NullCache",
     "ProduceError",
     "Publisher",
+    "Record",
     "RetryPolicy",
     "SchemaCatalog",
     "SchemaRegistry",
@@ -93,6 +99,7 @@ __all__ = [
     "SimpleMessageDispatcher",
     "SingleDispatchConsumer",
     "Subscription",
+    "TransactionAbortedError",
     "TransientError",
     "UnknownManifestError",
     "UnknownSchemaError",

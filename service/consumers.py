@@ -9,6 +9,12 @@ Two ways to write one, as in Melange:
 
 ``accepts`` receives the message's **manifest** (its type name, a string) and is asked before
 the payload is decoded, so a message no consumer wants is never deserialized.
+
+Handlers may be ``async def``: the dispatcher awaits whatever a handler returns that is
+awaitable, on its own event loop, before the message counts as handled. A handler that wants
+the record behind the message (key, headers, topic, partition, offset, timestamp, message id,
+attempt) reads ``record=`` in ``process``, or, for an ``@consumer`` method, declares a second
+parameter annotated :class:`~service.messages.Record`.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from service.errors import ConfigurationError
+from service.messages import Record
 
 __all__ = ["Consumer", "SingleDispatchConsumer", "consumer", "fully_qualified_name", "manifest_of"]
 
@@ -52,7 +59,7 @@ class Consumer:
         ConfigurationError: neither ``process`` is overridden nor ``on_message`` given.
     """
 
-    def __init__(self, on_message: Callable[[Any], None] | None = None) -> None:
+    def __init__(self, on_message: Callable[[Any], Any] | None = None) -> None:
         if on_message is None and type(self).process is Consumer.process:
             raise ConfigurationError(
                 f"{type(self).__qualname__} has no process() override and no on_message "
@@ -65,16 +72,19 @@ class Consumer:
         """This consumer's name in deduplication keys, logs and metrics."""
         return fully_qualified_name(self)
 
-    def process(self, message: Any, **kwargs: Any) -> None:
+    def process(self, message: Any, **kwargs: Any) -> Any:
         """Handle one decoded message; raising means it failed and will be retried.
+
+        May be ``async def`` (or return an awaitable): the dispatcher awaits it.
 
         Args:
             message: the decoded message object.
-            **kwargs: ``message_id`` (str), the id the message was published with.
+            **kwargs: ``message_id`` (str), the message's id; ``record``
+                (:class:`~service.messages.Record`), the record behind it.
         """
         if self._on_message is None:  # only reachable if a subclass deletes the guard
             raise ConfigurationError(f"{self.name} has no on_message callback")
-        self._on_message(message)
+        return self._on_message(message)
 
     def accepts(self, manifest: str) -> bool:
         """Whether this consumer wants messages of type ``manifest``; all by default."""
@@ -84,7 +94,9 @@ class Consumer:
 def consumer(method: F) -> F:
     """Mark a :class:`SingleDispatchConsumer` method as the handler of its first parameter's type.
 
-    The method takes ``self`` and one message parameter whose annotation is a class.
+    The method takes ``self``, one message parameter whose annotation is a class, and
+    optionally a second parameter annotated :class:`~service.messages.Record`. It may be
+    ``async def``.
     """
     setattr(method, _HANDLER_MARK, True)
     return method
@@ -105,14 +117,20 @@ class SingleDispatchConsumer(Consumer):
 
     _handlers: dict[type, str]
     _manifests: frozenset[str]
+    _with_record: frozenset[str]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         handlers: dict[type, str] = {}
+        with_record: set[str] = set()
         for klass in reversed(cls.__mro__):
             for attr, value in vars(klass).items():
                 if getattr(value, _HANDLER_MARK, False):
-                    message_type = _handled_type(klass, attr, value)
+                    message_type, wants_record = _handled_type(klass, attr, value)
+                    if wants_record:
+                        with_record.add(attr)
+                    else:
+                        with_record.discard(attr)
                     owner = handlers.get(message_type)
                     if owner is not None and owner != attr and klass is cls:
                         raise ConfigurationError(
@@ -123,10 +141,11 @@ class SingleDispatchConsumer(Consumer):
                     handlers[message_type] = attr
         cls._handlers = handlers
         cls._manifests = frozenset(manifest_of(t) for t in handlers)
+        cls._with_record = frozenset(with_record)
 
     def __init__(self) -> None:
         super().__init__()
-        self._resolved: dict[type, Callable[[Any], None] | None] = {}
+        self._resolved: dict[type, tuple[Callable[..., Any], bool] | None] = {}
 
     @property
     def handled_types(self) -> tuple[type, ...]:
@@ -137,8 +156,10 @@ class SingleDispatchConsumer(Consumer):
         """True exactly for the manifests of the classes with a handler."""
         return manifest in self._manifests
 
-    def process(self, message: Any, **kwargs: Any) -> None:
+    def process(self, message: Any, **kwargs: Any) -> Any:
         """Call the handler registered for ``type(message)`` or its nearest base class.
+
+        Returns what the handler returns (the dispatcher awaits an awaitable).
 
         Raises:
             ConfigurationError: no handler matches the message's class.
@@ -151,23 +172,27 @@ class SingleDispatchConsumer(Consumer):
             self._resolved[cls] = handler
         if handler is None:
             raise ConfigurationError(f"{self.name} has no @consumer handler for {cls.__qualname__}")
-        handler(message)
+        method, wants_record = handler
+        if wants_record:
+            return method(message, kwargs.get("record"))
+        return method(message)
 
-    def _resolve(self, cls: type) -> Callable[[Any], None] | None:
+    def _resolve(self, cls: type) -> tuple[Callable[..., Any], bool] | None:
         for klass in cls.__mro__:
             attr = self._handlers.get(klass)
             if attr is not None:
-                bound: Callable[[Any], None] = getattr(self, attr)
-                return bound
+                return getattr(self, attr), attr in self._with_record
         return None
 
 
-def _handled_type(owner: type, attr: str, function: Callable[..., Any]) -> type:
+def _handled_type(owner: type, attr: str, function: Callable[..., Any]) -> tuple[type, bool]:
+    """The message class a handler takes, and whether it takes the record too."""
     params = list(inspect.signature(function).parameters.values())
     where = f"{owner.__qualname__}.{attr}"
-    if len(params) != 2:
+    if len(params) not in (2, 3):
         raise ConfigurationError(
-            f"@consumer {where} must take (self, message); it takes {len(params)} parameters"
+            f"@consumer {where} must take (self, message) or (self, message, record: Record); "
+            f"it takes {len(params)} parameters"
         )
     try:
         hints = typing.get_type_hints(function)
@@ -179,4 +204,9 @@ def _handled_type(owner: type, attr: str, function: Callable[..., Any]) -> type:
             f"@consumer {where}: parameter {params[1].name!r} must be annotated with a class, "
             f"got {annotation!r}"
         )
-    return annotation
+    if len(params) == 3 and hints.get(params[2].name) is not Record:
+        raise ConfigurationError(
+            f"@consumer {where}: a second parameter must be annotated Record (from service), "
+            f"got {hints.get(params[2].name)!r}"
+        )
+    return annotation, len(params) == 3

@@ -18,11 +18,14 @@
     │   ├── BrokerUnavailableError    the broker cannot be reached (transient)
     │   ├── AuthenticationError       the broker refused the credentials
     │   ├── AuthorizationError        the principal lacks an ACL for the operation
-    │   ├── CommitError               an offset commit failed
+    │   ├── CommitError               an offset commit failed, or a commit gate refused
+    │   │   └── TransactionAbortedError  a transaction was aborted (exactly-once): rewound
     │   └── ProduceError              a record could not be published
+    │       └── DeadLetterRefusedError   the dead-letter topic refuses a record for good
     ├── SchemaRegistryError           the schema registry failed or refused
     │   └── SchemaRegistryUnavailableError  it cannot be reached (transient: retried)
-    └── DeduplicationStoreError       the deduplication store failed
+    ├── DeduplicationStoreError       the deduplication store failed
+    └── MessageRejected               control flow: an executor is full (never escapes the loop)
 
 ``MessageError`` subclasses are *permanent*: retrying the same bytes cannot help, so the
 dispatcher dead-letters such a message at once. A ``ConsumerError`` is retried with backoff
@@ -39,6 +42,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from service.messages import Message
 
 __all__ = [
@@ -49,16 +54,19 @@ __all__ = [
     "CommitError",
     "ConfigurationError",
     "ConsumerError",
+    "DeadLetterRefusedError",
     "DeduplicationStoreError",
     "DeserializationError",
     "MalformedHeaderError",
     "MessageError",
+    "MessageRejected",
     "MissingHeaderError",
     "ProduceError",
     "SchemaRegistryError",
     "SchemaRegistryUnavailableError",
     "SerializationError",
     "ServiceError",
+    "TransactionAbortedError",
     "TransientError",
     "UnknownManifestError",
     "UnknownSchemaError",
@@ -165,8 +173,49 @@ class CommitError(BackendError):
     """Committing consumed offsets failed."""
 
 
+class TransactionAbortedError(CommitError):
+    """An exactly-once transaction was aborted: nothing of it is committed.
+
+    The subscription rewinds every assigned partition to its committed offset, so what the
+    transaction held is processed again; it never escapes the subscription.
+
+    Attributes:
+        refused: ``(topic, partition, offset) -> why`` for input messages whose outputs
+            the broker refused (their next delivery fails with the reason).
+        fenced: the producer was fenced (another producer took its transactional id).
+    """
+
+    def __init__(
+        self,
+        text: str,
+        *,
+        refused: dict[tuple[str, int, int], str] | None = None,
+        fenced: bool = False,
+    ) -> None:
+        super().__init__(text)
+        self.refused = refused or {}
+        self.fenced = fenced
+
+
 class ProduceError(BackendError):
-    """Publishing a record failed."""
+    """Publishing a record failed.
+
+    Attributes:
+        permanent: the broker refuses this record for good (too large, invalid, not
+            allowed): sending it again cannot help.
+    """
+
+    def __init__(self, text: str, *, permanent: bool = False) -> None:
+        super().__init__(text)
+        self.permanent = permanent
+
+
+class DeadLetterRefusedError(ProduceError):
+    """The dead-letter topic refuses a record for good (size, validation, permission).
+
+    The message could neither be processed nor dead-lettered, even without its payload: the
+    loop stops loudly rather than commit past it or retry for ever.
+    """
 
 
 class SchemaRegistryError(ServiceError):
@@ -178,4 +227,28 @@ class SchemaRegistryUnavailableError(SchemaRegistryError):
 
 
 class DeduplicationStoreError(ServiceError):
-    """The deduplication store could not be read or written."""
+    """The deduplication store could not be read or written.
+
+    Raised by a commit gate (the dedup store's), it is the reason of the ``CommitError``
+    that stops the commit.
+
+    Attributes:
+        partitions: the input partition numbers whose offsets it keeps uncommitted; empty
+            when it does not concern particular partitions.
+    """
+
+    def __init__(self, text: str, partitions: Iterable[int] = ()) -> None:
+        super().__init__(text)
+        self.partitions = frozenset(partitions)
+
+
+class MessageRejected(ServiceError):  # noqa: N818 - named after Arroyo's signal, not an error
+    """An executor is full and did not take the message; submit it again later.
+
+    Control flow between an executor and the loop (which pauses the partition meanwhile);
+    it never reaches users.
+    """
+
+    def __init__(self, partition: tuple[str, int]) -> None:
+        super().__init__(f"no room for a message of {partition[0]}[{partition[1]}]")
+        self.partition = partition

@@ -9,7 +9,7 @@ Routing information travels in three headers, set by :class:`service.Publisher`:
 
 from __future__ import annotations
 
-from typing import NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from service.errors import MalformedHeaderError, MissingHeaderError
 
@@ -19,6 +19,7 @@ __all__ = [
     "SERIALIZER_ID_HEADER",
     "Headers",
     "Message",
+    "Record",
     "Routing",
     "read_routing",
 ]
@@ -62,6 +63,42 @@ class Message(NamedTuple):
     def location(self) -> str:
         """``topic[partition]@offset``, the address used in every error text."""
         return f"{self.topic}[{self.partition}]@{self.offset}"
+
+    def header(self, name: str) -> bytes | None:
+        """The last value of header ``name``, or ``None`` when absent."""
+        found = None
+        for key, value in self.headers:
+            if key == name:
+                found = value
+        return found
+
+
+class Record(NamedTuple):
+    """What a handler may know about the record behind the message it handles; immutable.
+
+    Handlers receive it as ``record=`` (``Consumer.process``), or as a second parameter
+    annotated ``Record`` (``@consumer`` methods).
+
+    Attributes:
+        topic: the topic it was read from.
+        partition: the partition it was read from.
+        offset: its offset in that partition.
+        key: the record key: bytes, or decoded by the queue's key serializer.
+        headers: the record headers, in order.
+        timestamp_ms: the record timestamp in milliseconds since the epoch, if known.
+        message_id: the message's id (the deduplication key; pass it to other systems as
+            an idempotency key).
+        attempt: the delivery attempt, 1 for the first delivery.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    key: Any
+    headers: Headers
+    timestamp_ms: int | None
+    message_id: str
+    attempt: int
 
     def header(self, name: str) -> bytes | None:
         """The last value of header ``name``, or ``None`` when absent."""

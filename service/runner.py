@@ -14,9 +14,11 @@ Contract:
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +34,7 @@ from service.health import HealthServer
 from service.metrics import ServiceMetrics
 from service.wiring import (
     build_backend,
+    build_consumers,
     build_dispatcher,
     build_schema_registry,
     build_serializers,
@@ -64,17 +67,24 @@ class ServiceRunner:
 
     def __init__(self, config: ServiceConfig, registry: CollectorRegistry | None = None) -> None:
         self.config = config
+        # user code and configuration first: their errors need no broker
+        consumers = {name: build_consumers(queue) for name, queue in config.queues.items()}
         self.backend = build_backend(config)
+        self.backend.probe()  # one clear line within startup_timeout if Kafka cannot be had
         self.schema_registry = build_schema_registry(config)
         serializers = build_serializers(config, self.schema_registry)
         self.metrics = ServiceMetrics(registry or CollectorRegistry())
         self.loops: list[_Loop] = []
-        for queue in config.queues.values():
-            dispatcher = build_dispatcher(config, queue, self.backend, serializers)
+        for name, queue in config.queues.items():
+            dispatcher = build_dispatcher(
+                config, queue, self.backend, serializers, self.schema_registry, consumers[name]
+            )
             queue_metrics = self.metrics.queue(queue.name)
             dispatcher.observer = queue_metrics
             dispatcher.listeners.append(queue_metrics)
+            dispatcher.gates.append(queue_metrics)
             queue_metrics.lag = _lag_of(dispatcher)
+            queue_metrics.halted = _halted_of(dispatcher)
             self.loops.append(_Loop(queue, dispatcher))
         runtime = config.runtime
         self.http = HealthServer(
@@ -113,7 +123,9 @@ class ServiceRunner:
             if subscription is None:
                 problems.setdefault(name, "not subscribed")
                 continue
-            if not getattr(subscription, "assigned_once", True):
+            if loop.dispatcher.halted is not None:
+                problems.setdefault(name, loop.dispatcher.halted)
+            elif not getattr(subscription, "assigned_once", True):
                 problems.setdefault(name, "waiting for a partition assignment")
             elif not getattr(subscription, "broker_reachable", True):
                 problems.setdefault(name, "broker unreachable")
@@ -213,9 +225,11 @@ class ServiceRunner:
                 pass
             if not self.wait(self.config.runtime.shutdown_timeout):
                 logger.error(
-                    "shutdown took over %.0fs: exiting; uncommitted work is redelivered",
+                    "shutdown took over %.0fs: exiting; uncommitted work is redelivered "
+                    "(where each thread was, below)",
                     self.config.runtime.shutdown_timeout,
                 )
+                faulthandler.dump_traceback(sys.stderr, all_threads=True)
                 os._exit(1)
             self.close()
         finally:
@@ -223,6 +237,13 @@ class ServiceRunner:
                 signal.signal(number, handler)
         failed = [loop for loop in self.loops if loop.error is not None]
         return 1 if failed else 0
+
+
+def _halted_of(dispatcher: MessageDispatcher) -> Callable[[], str | None]:
+    def halted() -> str | None:
+        return dispatcher.halted
+
+    return halted
 
 
 def _lag_of(dispatcher: MessageDispatcher) -> Callable[[], dict[tuple[str, int], int]]:

@@ -6,13 +6,18 @@ Any Confluent-compatible registry works (Confluent Schema Registry, Apicurio's
 or answers 5xx (it may pass), as :class:`~service.errors.UnknownSchemaError` for an unknown
 schema id, and as :class:`~service.errors.SchemaRegistryError` otherwise (with the
 registry's HTTP status and error code in the text).
+
+No text of this module shows a secret: the URL is shown with its user-info masked
+(:func:`~service.redaction.mask_url`, also :attr:`SchemaRegistry.url`), and the password and
+TLS key passwords are masked in the errors of the libraries underneath.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+from urllib.parse import urlsplit
 
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError as ClientError
@@ -23,6 +28,10 @@ from service.errors import (
     SchemaRegistryUnavailableError,
     UnknownSchemaError,
 )
+from service.redaction import is_secret_key, mask_text, mask_url, reveal
+
+if TYPE_CHECKING:
+    from service.config.model import RegistryConfig
 
 __all__ = ["RegisteredSchema", "SchemaRegistry"]
 
@@ -65,14 +74,35 @@ class SchemaRegistry:
         config: dict[str, Any] = {"url": url, "timeout": timeout, "max.retries": 1, **(ssl or {})}
         if basic_auth is not None:
             config["basic.auth.user.info"] = f"{basic_auth[0]}:{basic_auth[1]}"
-        self.url = url
-        self._client = SchemaRegistryClient(config)
+        self.url = mask_url(url)
+        self._secrets = [
+            basic_auth[1] if basic_auth else None,
+            urlsplit(url).password,
+            *(value for key, value in (ssl or {}).items() if is_secret_key(key)),
+        ]
+        try:
+            self._client = SchemaRegistryClient(config)
+        except (ValueError, TypeError) as exc:  # the client checks its settings on creation
+            raise ConfigurationError(
+                f"schema registry {self.url}: {self._masked(str(exc))}"
+            ) from exc
+
+    @classmethod
+    def from_config(cls, registry: RegistryConfig) -> SchemaRegistry:
+        """The client of the registry configured as ``registry`` (URL, basic auth, TLS)."""
+        auth = None
+        if registry.username:
+            auth = (registry.username, registry.password.reveal() if registry.password else "")
+        return cls(registry.url, basic_auth=auth, ssl=reveal(registry.ssl))
+
+    def _masked(self, text: str) -> str:
+        return mask_text(text, self._secrets)
 
     def _call(self, what: str, call: Callable[[], T]) -> T:
         try:
             return call()
         except ClientError as exc:
-            text = (
+            text = self._masked(
                 f"schema registry {self.url}: {what}: HTTP {exc.http_status_code}, "
                 f"error {exc.error_code}: {exc.error_message}"
             )
@@ -81,7 +111,8 @@ class SchemaRegistry:
             raise SchemaRegistryError(text) from exc
         except Exception as exc:  # the HTTP library's errors all mean: unreachable
             raise SchemaRegistryUnavailableError(
-                f"schema registry {self.url}: {what}: cannot reach it: {type(exc).__name__}: {exc}"
+                f"schema registry {self.url}: {what}: cannot reach it: "
+                f"{type(exc).__name__}: {self._masked(str(exc))}"
             ) from exc
 
     def register(self, subject: str, schema_text: str) -> int:

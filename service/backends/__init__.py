@@ -6,7 +6,7 @@ from service.backends.base import (
     Subscription,
     default_dead_letter_topic,
 )
-from service.backends.memory import DeadLetter, InMemoryBackend, link_synchronously
+from service.backends.memory import DeadLetter, InMemoryBackend
 
 __all__ = [
     "DeadLetter",
@@ -15,5 +15,4 @@ __all__ = [
     "MessagingBackend",
     "Subscription",
     "default_dead_letter_topic",
-    "link_synchronously",
 ]

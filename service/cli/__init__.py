@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 
-from service.cli import dlq, publish, run, schemas, topics
+from service.cli import config, dlq, publish, run, schemas, topics
 from service.errors import ConfigurationError, ServiceError
 
-__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "main"]
+__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "main", "package_version"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 COMMANDS = (
@@ -23,7 +24,17 @@ COMMANDS = (
     topics,
     publish,
     dlq,
+    config,
 )
+DISTRIBUTION = "kafka-dispatch-service"
+
+
+def package_version() -> str:
+    """The installed version of the package, or ``unknown`` when it is not installed."""
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run and operate the Kafka consumer service.",
         epilog="exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:
         module.register(commands)

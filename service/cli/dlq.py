@@ -1,15 +1,21 @@
 """``dlq inspect`` and ``dlq replay``: read a queue's dead-letter topic, and re-publish from it.
 
-Both read the dead-letter topic from the beginning (or from ``--since``) up to its end as it
-was when they started, with a throwaway consumer on ``assign()``: no consumer group is joined
+Both first check that the brokers answer (one line naming them and the cause when they do
+not, exit 1), then read the dead-letter topic from the beginning (or from ``--since``) up to
+its end as it was when they started, with a throwaway consumer on ``assign()``
+(:class:`~service.backends.kafka.dead_letters.DeadLetterReader`): no consumer group is joined
 and no offset is committed, so they never disturb the queue's consumers. Payloads are never
-printed.
+printed. Records stream: memory stays bounded whatever the topic's size.
 
 ``replay`` re-publishes each chosen dead letter to its original topic (header
 ``dlq.original_topic``) with the original key, value and headers minus the ``dlq.*`` ones;
 the ``message_id`` header is kept, so deduplication drops a copy already processed. The
 attempt count restarts by itself: it is counted by the consuming process, not in headers.
-Dead letters stay in the dead-letter topic (Kafka cannot delete a record).
+Dead letters stay in the dead-letter topic (Kafka cannot delete a record). It reads the range
+twice: first to count the chosen dead letters and check their original topics exist (nothing
+is produced when one is missing), then to publish them as they are read, with a bounded
+number unconfirmed. A progress bar (sized from the watermarks, then from the count) is drawn
+on stderr only when stderr is a terminal.
 
 Exit codes: 0 done, 1 the broker failed or refused a record, 2 usage or configuration error.
 """
@@ -21,31 +27,28 @@ import datetime
 import re
 import sys
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
-from confluent_kafka import Message as KafkaMessage
+from tqdm import tqdm
 
 from service.backends.base import DLQ_HEADER_PREFIX
-from service.backends.kafka import KafkaBackend
-from service.backends.kafka.errors import translate
+from service.backends.kafka.dead_letters import DeadLetterReader, Republisher
 from service.cli.topics import (
     add_config_option,
-    admin_client,
+    client_config,
     existing_topics,
     load,
+    probe,
     select_queues,
 )
 from service.config import QueueConfig, ServiceConfig
 from service.config.model import reveal
-from service.errors import BrokerUnavailableError, ProduceError
 from service.messages import MESSAGE_ID_HEADER, Message
-from service.wiring import build_backend
 
-__all__ = ["parse_since", "read_dead_letters", "register"]
+__all__ = ["parse_since", "register"]
 
 EXIT_OK, EXIT_FAILURE = 0, 1
 ERROR_TEXT_LIMIT = 200
@@ -129,101 +132,6 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def read_dead_letters(
-    backend: KafkaBackend,
-    topic: str,
-    since_ms: int | None,
-    timeout: float,
-    consumer_config: dict[str, Any] | None = None,
-) -> Generator[Message, None, None]:
-    """The records of ``topic`` up to its end as of now, per partition in offset order.
-
-    A throwaway consumer reads them with ``assign()``: no group is joined, nothing is
-    committed. With ``since_ms``, reading starts at each partition's first record of that
-    time, and older records are skipped. Nothing is yielded if ``topic`` does not exist.
-
-    Raises:
-        BrokerUnavailableError: the brokers did not answer within ``timeout`` seconds.
-        BackendError: the brokers refused.
-    """
-    consumer = backend.new_consumer(
-        {
-            **(consumer_config or {}),
-            "group.id": f"dlq-reader-{uuid.uuid4().hex}",  # required; never joined
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "enable.partition.eof": True,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    try:
-        ends = _assign(consumer, topic, since_ms, timeout)
-        deadline = time.monotonic() + timeout
-        while ends:
-            records = consumer.consume(500, 0.5)
-            if records:
-                deadline = time.monotonic() + timeout
-            elif time.monotonic() > deadline:
-                raise BrokerUnavailableError(
-                    f"reading {topic!r}: no answer from {backend.bootstrap_servers} "
-                    f"within {timeout}s"
-                )
-            for record in records:
-                partition, offset = record.partition() or 0, record.offset() or 0
-                error = record.error()
-                if error is not None:
-                    if error.code() != KafkaError._PARTITION_EOF:
-                        raise translate(error, f"reading {topic!r}")
-                    ends.pop(partition, None)
-                    continue
-                if partition not in ends or offset >= ends[partition]:
-                    continue  # written after we started: not ours to show
-                if offset + 1 >= ends[partition]:
-                    ends.pop(partition)
-                message = _message(record, topic)
-                if since_ms is None or (message.timestamp_ms or 0) >= since_ms:
-                    yield message
-    except KafkaException as exc:
-        raise translate(exc, f"reading {topic!r}") from exc
-    finally:
-        consumer.close()
-
-
-def _assign(consumer: Any, topic: str, since_ms: int | None, timeout: float) -> dict[int, int]:
-    """Assign the partitions of ``topic`` with records to read; partition -> end offset."""
-    topics = consumer.list_topics(topic, timeout=timeout).topics
-    found = topics.get(topic)
-    if found is None or found.error is not None:
-        return {}
-    starts: dict[int, int] = {}
-    ends: dict[int, int] = {}
-    for partition in sorted(found.partitions):
-        low, high = consumer.get_watermark_offsets(
-            TopicPartition(topic, partition), timeout=timeout
-        )
-        starts[partition], ends[partition] = low, high
-    if since_ms is not None and ends:
-        wanted = [TopicPartition(topic, p, since_ms) for p in ends]
-        for tp in consumer.offsets_for_times(wanted, timeout=timeout):
-            starts[tp.partition] = ends[tp.partition] if tp.offset < 0 else tp.offset
-    ends = {p: end for p, end in ends.items() if starts[p] < end}
-    consumer.assign([TopicPartition(topic, p, starts[p]) for p in ends])
-    return ends
-
-
-def _message(record: KafkaMessage, topic: str) -> Message:
-    kind, stamp = record.timestamp()
-    return Message(
-        record.topic() or topic,
-        record.value(),
-        tuple(record.headers() or ()),  # type: ignore[arg-type]
-        record.key(),
-        record.partition() or 0,
-        record.offset() or 0,
-        stamp if kind else None,  # kind 0: TIMESTAMP_NOT_AVAILABLE
-    )
-
-
 def _header(message: Message, name: str) -> str:
     """Header ``name`` as printable one-line text; ``?`` when absent."""
     value = message.header(name)
@@ -263,82 +171,150 @@ def _line(message: Message) -> str:
     )
 
 
-def _dead_letters(
-    config: ServiceConfig, queue: QueueConfig, since_ms: int | None
-) -> Generator[Message, None, None]:
-    """The queue's dead letters; a note on stderr when its dead-letter topic does not exist."""
-    topic, timeout = queue.dead_letter_topic, config.kafka.startup_timeout
-    if topic not in existing_topics(admin_client(config), timeout):
+def _reader(config: ServiceConfig, queue: QueueConfig, since_ms: int | None) -> DeadLetterReader:
+    """A reader of the queue's dead-letter topic, once the brokers answer."""
+    probe(config)
+    return DeadLetterReader(
+        client_config(config),
+        queue.dead_letter_topic,
+        since_ms,
+        config.kafka.startup_timeout,
+        reveal(config.kafka.consumer),
+    )
+
+
+def _note_missing(reader: DeadLetterReader, queue: QueueConfig) -> None:
+    if not reader.exists:
         print(
-            f"note: dead-letter topic {topic!r} does not exist: nothing was dead-lettered yet, "
-            f"or queues.{queue.name}.dead_letter_topic names another topic",
+            f"note: dead-letter topic {reader.topic!r} does not exist: nothing was "
+            f"dead-lettered yet, or queues.{queue.name}.dead_letter_topic names another topic",
             file=sys.stderr,
         )
-    backend = build_backend(config)
-    return read_dead_letters(backend, topic, since_ms, timeout, reveal(config.kafka.consumer))
+
+
+def _progress(total: int, what: str) -> tqdm[Any]:
+    """A progress bar on stderr, drawn only when stderr is a terminal."""
+    bar: tqdm[Any] = tqdm(total=total, desc=what, unit=" records", file=sys.stderr, disable=None)
+    return bar
 
 
 def _inspect_command(args: argparse.Namespace) -> int:
     config = load(args)
     queue = select_queues(config, args.queue)[0]
     count = 0
-    letters = _dead_letters(config, queue, args.since)
-    for message in letters:
-        print(_line(message), flush=True)
-        count += 1
-        if args.limit is not None and count >= args.limit:
-            letters.close()  # closes the consumer now
-            break
+    with _reader(config, queue, args.since) as reader:
+        _note_missing(reader, queue)
+        for message in reader.records():
+            print(_line(message), flush=True)
+            count += 1
+            if args.limit is not None and count >= args.limit:
+                break
     print(f"{count} dead letter(s) shown from {queue.dead_letter_topic}", file=sys.stderr)
     return EXIT_OK
 
 
+@dataclass
+class _Plan:
+    """What a replay will do, found by a first pass over the dead letters."""
+
+    count: int = 0
+    topics: set[str] = field(default_factory=set)
+
+
 def _replay_command(args: argparse.Namespace) -> int:
+    """Replay in two passes over the same range, never holding the records in memory.
+
+    The first pass counts the chosen dead letters and collects their original topics, so a
+    missing topic stops the replay before anything is produced; the second publishes them
+    as they are read.
+    """
     config = load(args)
     queue = select_queues(config, args.queue)[0]
-    timeout = config.kafka.startup_timeout
-    wanted_ids = set(args.message_ids or ())
-    chosen: list[Message] = []
-    for message in _dead_letters(config, queue, args.since):
-        message_id = (message.header(MESSAGE_ID_HEADER) or b"").decode("utf-8", "replace")
-        if wanted_ids and message_id not in wanted_ids:
-            continue
-        if message.header(DLQ_HEADER_PREFIX + "original_topic") is None:
+    wanted = frozenset(args.message_ids or ())
+    with _reader(config, queue, args.since) as reader:
+        _note_missing(reader, queue)
+        plan = _plan(reader, wanted, args.dry_run)
+        if args.dry_run:
+            print(f"dry run: {plan.count} dead letter(s) would be replayed; nothing was produced")
+            return EXIT_OK
+        if not plan.count:
+            print(f"nothing to replay from {queue.dead_letter_topic}")
+            return EXIT_OK
+        missing = sorted(plan.topics - existing_topics(config))
+        if missing:
             print(
-                f"skipped {message.partition}@{message.offset}: no dlq.original_topic header",
+                f"error: original topic(s) {', '.join(missing)} do not exist; create them "
+                "(topics create) first. Nothing was replayed.",
                 file=sys.stderr,
             )
-            continue
-        chosen.append(message)
-    if args.dry_run:
-        for message in chosen:
-            print(f"would replay {_target(message)}")
-        print(f"dry run: {len(chosen)} dead letter(s) would be replayed; nothing was produced")
-        return EXIT_OK
-    if not chosen:
-        print(f"nothing to replay from {queue.dead_letter_topic}")
-        return EXIT_OK
-    existing = existing_topics(admin_client(config), timeout)
-    missing = sorted({_original_topic(m) for m in chosen} - set(existing))
-    if missing:
-        print(
-            f"error: original topic(s) {', '.join(missing)} do not exist; create them "
-            "(topics create) first. Nothing was replayed.",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
-    failures = _produce(build_backend(config), config.kafka.producer, chosen, timeout)
+            return EXIT_FAILURE
+        return _replay(config, reader, wanted, plan)
+
+
+def _chosen(message: Message, wanted: frozenset[str]) -> bool:
+    """Whether ``message`` is selected by ``--message-id`` (every message without it)."""
+    message_id = (message.header(MESSAGE_ID_HEADER) or b"").decode("utf-8", "replace")
+    return not wanted or message_id in wanted
+
+
+def _replayable(message: Message) -> bool:
+    return message.header(DLQ_HEADER_PREFIX + "original_topic") is not None
+
+
+def _plan(reader: DeadLetterReader, wanted: frozenset[str], dry_run: bool) -> _Plan:
+    """Count the dead letters to replay (printing them on a dry run) and their topics."""
+    plan = _Plan()
+    with _progress(reader.span, "reading") as bar:
+        for message in reader.records():
+            bar.update()
+            if not _chosen(message, wanted):
+                continue
+            if not _replayable(message):
+                bar.write(
+                    f"skipped {message.partition}@{message.offset}: no dlq.original_topic header",
+                    file=sys.stderr,
+                )
+                continue
+            plan.count += 1
+            plan.topics.add(_original_topic(message))
+            if dry_run:
+                bar.write(f"would replay {_target(message)}", file=sys.stdout)
+    return plan
+
+
+def _replay(
+    config: ServiceConfig, reader: DeadLetterReader, wanted: frozenset[str], plan: _Plan
+) -> int:
+    """Publish the planned dead letters as they are read; the exit code."""
     replayed: Counter[str] = Counter()
-    for message, failure in zip(chosen, failures, strict=True):
-        if failure is None:
-            replayed[_original_topic(message)] += 1
-        else:
-            print(f"refused: {_target(message)}: {failure}", file=sys.stderr)
+    refused = 0
+    timeout = config.kafka.startup_timeout
+    publisher = Republisher(client_config(config), reveal(config.kafka.producer), timeout)
+    with _progress(plan.count, "replaying") as bar:
+
+        def outcome_of(message: Message) -> Callable[[str | None], None]:
+            topic, target = _original_topic(message), _target(message)
+
+            def outcome(failure: str | None) -> None:
+                nonlocal refused
+                bar.update()
+                if failure is None:
+                    replayed[topic] += 1
+                else:
+                    refused += 1
+                    bar.write(f"refused: {target}: {failure}", file=sys.stderr)
+
+            return outcome
+
+        for message in reader.records():
+            if _chosen(message, wanted) and _replayable(message):
+                publisher.send(_original_topic(message), message, outcome_of(message))
+        publisher.finish()
     for topic, count in replayed.items():
         print(f"replayed {count} dead letter(s) to {topic}")
-    refused = sum(f is not None for f in failures)
     if refused:
-        print(f"error: {refused} of {len(chosen)} record(s) were not replayed", file=sys.stderr)
+        total = refused + sum(replayed.values())
+        print(f"error: {refused} of {total} record(s) were not replayed", file=sys.stderr)
     return EXIT_FAILURE if refused else EXIT_OK
 
 
@@ -352,78 +328,3 @@ def _target(message: Message) -> str:
         f"{message.partition}@{message.offset} -> {_original_topic(message)}"
         f"\tmessage_id {_header(message, MESSAGE_ID_HEADER)}"
     )
-
-
-def _produce(
-    backend: KafkaBackend, settings: Mapping[str, Any], chosen: list[Message], timeout: float
-) -> list[str | None]:
-    """Publish ``chosen`` to their original topics, idempotently with ``acks=all``.
-
-    Returns:
-        Per message, in order: ``None`` once the broker confirmed it, else why not.
-
-    Raises:
-        ProduceError: the producer cannot be created or failed fatally.
-    """
-    progress = _Progress(len(chosen))
-    outcomes: dict[int, str | None] = {}
-
-    def on_delivery(index: int) -> Callable[[KafkaError | None, KafkaMessage], None]:
-        def delivered(error: KafkaError | None, _record: KafkaMessage) -> None:
-            outcomes[index] = None if error is None else f"{error.name()}: {error.str()}"
-            progress.advance()
-
-        return delivered
-
-    try:
-        producer = backend.new_producer(
-            {**reveal(settings), "enable.idempotence": True, "acks": "all", "linger.ms": 5}
-        )
-        for index, message in enumerate(chosen):
-            headers: list[tuple[str, str | bytes | None]] = [
-                (k, v) for k, v in message.headers if not k.startswith(DLQ_HEADER_PREFIX)
-            ]
-            while True:
-                try:
-                    producer.produce(
-                        _original_topic(message),
-                        message.value,
-                        message.key,
-                        headers=headers,
-                        on_delivery=on_delivery(index),
-                    )
-                    break
-                except BufferError:
-                    producer.poll(0.05)  # the local queue is full: let deliveries drain it
-            producer.poll(0)
-        producer.flush(timeout)
-    except KafkaException as exc:
-        raise ProduceError(str(translate(exc, "replaying"))) from exc
-    finally:
-        progress.finish()
-    unconfirmed = f"not confirmed within {timeout}s (it may or may not have been written)"
-    return [outcomes.get(i, unconfirmed) for i in range(len(chosen))]
-
-
-class _Progress:
-    """A progress bar on stderr, redrawn in place: ``[####      ] 12/40``."""
-
-    WIDTH = 30
-
-    def __init__(self, total: int) -> None:
-        self.total, self.done = total, 0
-        self._draw()
-
-    def advance(self) -> None:
-        self.done += 1
-        self._draw()
-
-    def finish(self) -> None:
-        sys.stderr.write("\n")
-        sys.stderr.flush()
-
-    def _draw(self) -> None:
-        filled = self.WIDTH * self.done // max(self.total, 1)
-        bar = "#" * filled + " " * (self.WIDTH - filled)
-        sys.stderr.write(f"\r[{bar}] {self.done}/{self.total}")
-        sys.stderr.flush()

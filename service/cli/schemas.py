@@ -1,16 +1,28 @@
 """``schemas register`` and ``schemas check``: the local Avro schemas against the registry.
 
-Exit codes: 0 success, 1 an incompatible schema or a registry failure, 2 usage error.
+The registry comes from the configuration (``-c``, as for the other commands): its URL,
+basic auth and TLS settings, and its schemas directory. ``--registry`` and ``--schemas``
+override those; without a configuration, ``--registry`` or ``$SCHEMA_REGISTRY_URL`` names the
+registry and ``$SCHEMA_REGISTRY_USERNAME``/``$SCHEMA_REGISTRY_PASSWORD`` its credentials.
+The registry's URL is always shown with its password masked.
+
+Exit codes: 0 success, 1 an incompatible schema or a registry failure, 2 usage or
+configuration error.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
+from service.cli.topics import DEFAULT_CONFIG
+from service.config import RegistryConfig, load_config
 from service.errors import ConfigurationError
+from service.redaction import Secret
 from service.schema_registry import SchemaRegistry
 from service.schemas.catalog import SchemaCatalog, SchemaFile
 from service.schemas.compat import breaking_changes
@@ -30,30 +42,64 @@ def register(commands: Any) -> None:
     ):
         action = actions.add_parser(name, help=text, description=text)
         action.add_argument(
-            "--registry",
-            default=os.environ.get("SCHEMA_REGISTRY_URL"),
-            help="registry URL (default: $SCHEMA_REGISTRY_URL)",
+            "-c",
+            "--config",
+            metavar="PATH",
+            help=(
+                "the YAML configuration: registry URL, credentials, TLS, schemas directory "
+                f"(default: $SERVICE_CONFIG, else {DEFAULT_CONFIG} if it exists)"
+            ),
         )
-        action.add_argument("--schemas", default="schemas", help="directory of .avsc files")
+        action.add_argument(
+            "--registry",
+            help="registry URL (default: the configuration's, else $SCHEMA_REGISTRY_URL)",
+        )
+        action.add_argument(
+            "--schemas",
+            help="directory of .avsc files (default: the configuration's, else schemas)",
+        )
         action.add_argument(
             "--topic",
             help="use the topic-record subject strategy (<topic>-<record>) for this topic",
         )
-        action.set_defaults(
-            handler=lambda args: _schemas(args.action, args.registry, args.schemas, args.topic)
-        )
+        action.set_defaults(handler=_schemas)
 
 
-def _schemas(action: str, url: str | None, directory: str, topic: str | None) -> int:
-    if not url:
-        raise ConfigurationError("no registry: pass --registry or set SCHEMA_REGISTRY_URL")
-    catalog = SchemaCatalog(directory)
+def _schemas(args: argparse.Namespace) -> int:
+    settings = _registry_settings(args)
+    catalog = SchemaCatalog(args.schemas or settings.schemas)
     failed = False
-    with SchemaRegistry(url) as registry:
+    with SchemaRegistry.from_config(settings) as registry:
         for schema in catalog:
-            subject = f"{topic}-{schema.manifest}" if topic else schema.manifest
-            failed |= not _one(action, registry, subject, schema)
+            subject = f"{args.topic}-{schema.manifest}" if args.topic else schema.manifest
+            failed |= not _one(args.action, registry, subject, schema)
     return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _registry_settings(args: argparse.Namespace) -> RegistryConfig:
+    """The registry to use: the configuration's, with ``--registry`` overriding its URL.
+
+    Raises:
+        ConfigurationError: no registry is named, or the configuration is invalid.
+    """
+    path = args.config or os.environ.get("SERVICE_CONFIG")
+    if path is None and Path(DEFAULT_CONFIG).is_file():
+        path = DEFAULT_CONFIG
+    configured = load_config(path).registry if path else None
+    if configured is not None:
+        return configured.model_copy(update={"url": args.registry} if args.registry else {})
+    url = args.registry or os.environ.get("SCHEMA_REGISTRY_URL")
+    if not url:
+        where = f"{path} has no schema_registry; " if path else ""
+        raise ConfigurationError(
+            f"no registry: {where}pass -c CONFIG or --registry URL, or set SCHEMA_REGISTRY_URL"
+        )
+    password = os.environ.get("SCHEMA_REGISTRY_PASSWORD")
+    return RegistryConfig(
+        url=url,
+        username=os.environ.get("SCHEMA_REGISTRY_USERNAME") or None,
+        password=Secret(password) if password else None,
+    )
 
 
 def _one(action: str, registry: SchemaRegistry, subject: str, schema: SchemaFile) -> bool:

@@ -11,38 +11,32 @@ Exit codes: 0 done (even when an existing topic differs), 1 the broker failed or
 creation, 2 usage or configuration error.
 
 This module also holds the helpers the operating commands share (``topics``, ``publish``,
-``dlq``): the ``-c/--config`` option, queue selection and the admin client.
+``dlq``): the ``-c/--config`` option, queue selection, the broker probe and the topic admin
+(:class:`~service.backends.kafka.admin.TopicAdmin`, where confluent-kafka is used).
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient
-
-# Defined there; confluent_kafka.admin re-exports them without declaring it (mypy --strict).
-from confluent_kafka.admin._config import ConfigResource
-from confluent_kafka.admin._resource import ResourceType
-from confluent_kafka.cimpl import NewTopic
-
-from service.backends.kafka.errors import translate
+from service.backends.kafka.admin import TopicAdmin, TopicState, WantedTopic
+from service.backends.kafka.connection import probe_brokers
 from service.config import QueueConfig, ServiceConfig, load_config
 from service.config.model import reveal
-from service.errors import BrokerUnavailableError, ConfigurationError
+from service.errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_CONFIG",
     "WantedTopic",
     "add_config_option",
     "admin_client",
+    "client_config",
     "existing_topics",
     "load",
+    "probe",
     "register",
     "select_queues",
     "wanted_topics",
@@ -89,44 +83,36 @@ def select_queues(config: ServiceConfig, name: str | None) -> list[QueueConfig]:
     return [queue]
 
 
-def admin_client(config: ServiceConfig) -> AdminClient:
-    """An admin client with the configured connection settings (SASL, SSL...)."""
-    return AdminClient(
-        {"bootstrap.servers": config.kafka.bootstrap_servers, **reveal(config.kafka.client)}
-    )
+def client_config(config: ServiceConfig) -> dict[str, Any]:
+    """The connection settings every client of ``config`` needs: brokers, SASL, SSL..."""
+    return {"bootstrap.servers": config.kafka.bootstrap_servers, **reveal(config.kafka.client)}
 
 
-def existing_topics(admin: AdminClient, timeout: float) -> Mapping[str, Any]:
-    """The cluster's topics, name -> ``TopicMetadata``.
+def probe(config: ServiceConfig) -> None:
+    """Return once the brokers answer, within ``kafka.startup_timeout``.
 
     Raises:
-        BackendError: the brokers did not answer within ``timeout`` or refused.
+        BrokerUnavailableError: they cannot be reached; the text names them and the cause.
+        AuthenticationError: they refused the credentials.
     """
-    try:
-        topics: Mapping[str, Any] = admin.list_topics(timeout=timeout).topics
-    except KafkaException as exc:
-        raise translate(exc, "listing topics") from exc
-    return topics
+    probe_brokers(client_config(config), config.kafka.startup_timeout)
+
+
+def admin_client(config: ServiceConfig) -> TopicAdmin:
+    """A topic admin with the configured connection settings, waiting ``startup_timeout``."""
+    return TopicAdmin(client_config(config), config.kafka.startup_timeout)
+
+
+def existing_topics(config: ServiceConfig) -> set[str]:
+    """The names of the cluster's topics (those the principal may see).
+
+    Raises:
+        BackendError: the brokers did not answer within ``startup_timeout`` or refused.
+    """
+    return set(admin_client(config).topics())
 
 
 # -- topics create ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class WantedTopic:
-    """A topic as the configuration wants it.
-
-    Attributes:
-        name: the topic name.
-        partitions: its partition count.
-        replication_factor: its replication factor.
-        config: topic settings it must have (``cleanup.policy``, ``retention.ms``).
-    """
-
-    name: str
-    partitions: int
-    replication_factor: int
-    config: Mapping[str, str] = field(default_factory=dict)
-
-
 def register(commands: Any) -> None:
     """Add ``topics create``."""
     topics = commands.add_parser("topics", help="create the queues' topics")
@@ -172,17 +158,17 @@ def wanted_topics(
 
 def _create_command(args: argparse.Namespace) -> int:
     config = load(args)
+    probe(config)
     wanted, patterns = wanted_topics(config, select_queues(config, args.queue))
     for pattern in patterns:
         print(f"{pattern}\tskipped: a pattern; create the topics it should match yourself")
-    timeout = config.kafka.startup_timeout
     admin = admin_client(config)
-    existing = existing_topics(admin, timeout)
-    states = _create_missing(admin, [w for w in wanted if w.name not in existing], timeout)
+    existing = admin.topics()
+    states = admin.create([w for w in wanted if w.name not in existing])
     if any(state == "exists" for state in states.values()):  # created meanwhile by another
-        existing = existing_topics(admin, timeout)
+        existing = admin.topics()
     present = [w for w in wanted if states.get(w.name, "exists") == "exists"]
-    settings = _describe(admin, [w for w in present if w.config], timeout)
+    settings = admin.settings([w for w in present if w.config])
     failed = False
     for topic in wanted:
         state = states.get(topic.name, "exists")
@@ -195,64 +181,12 @@ def _create_command(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if failed else EXIT_OK
 
 
-def _create_missing(
-    admin: AdminClient, missing: Sequence[WantedTopic], timeout: float
-) -> dict[str, str]:
-    """Create ``missing``; name -> ``created``, ``exists`` (lost a race) or ``failed: ...``."""
-    if not missing:
-        return {}
-    new = [
-        NewTopic(t.name, t.partitions, t.replication_factor, config=dict(t.config)) for t in missing
-    ]
-    futures = admin.create_topics(new, request_timeout=timeout, operation_timeout=timeout)
-    states: dict[str, str] = {}
-    for name, future in futures.items():
-        try:
-            future.result(timeout=timeout + 5)
-            states[name] = "created"
-        except KafkaException as exc:
-            if exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                states[name] = "exists"
-            else:
-                states[name] = f"failed: {translate(exc, 'the broker refused')}"
-        except concurrent.futures.TimeoutError:
-            states[name] = f"failed: no answer within {timeout}s"
-    return states
-
-
-def _describe(
-    admin: AdminClient, topics: Sequence[WantedTopic], timeout: float
-) -> dict[str, dict[str, str]]:
-    """The current values of the settings each of ``topics`` wants.
-
-    Raises:
-        BackendError: the brokers refused or did not answer.
-    """
-    if not topics:
-        return {}
-    resources = [ConfigResource(ResourceType.TOPIC, t.name) for t in topics]
-    futures = admin.describe_configs(resources, request_timeout=timeout)
-    found: dict[str, dict[str, str]] = {}
-    for topic, resource in zip(topics, resources, strict=True):
-        try:
-            entries = futures[resource].result(timeout=timeout + 5)
-        except KafkaException as exc:
-            raise translate(exc, f"describing topic {topic.name!r}") from exc
-        except concurrent.futures.TimeoutError as exc:
-            raise BrokerUnavailableError(
-                f"describing topic {topic.name!r}: no answer within {timeout}s"
-            ) from exc
-        found[topic.name] = {key: str(entries[key].value) for key in topic.config if key in entries}
-    return found
-
-
-def _differences(topic: WantedTopic, metadata: Any, settings: Mapping[str, str]) -> list[str]:
+def _differences(topic: WantedTopic, state: TopicState, settings: Mapping[str, str]) -> list[str]:
     """How an existing topic differs from ``topic``, e.g. ``partitions 3 (want 6)``."""
     differences: list[str] = []
-    partitions = metadata.partitions
-    if len(partitions) != topic.partitions:
-        differences.append(f"partitions {len(partitions)} (want {topic.partitions})")
-    replicas = {len(p.replicas) for p in partitions.values()}
+    if state.partitions != topic.partitions:
+        differences.append(f"partitions {state.partitions} (want {topic.partitions})")
+    replicas = state.replication_factors
     if replicas and replicas != {topic.replication_factor}:
         shown = "/".join(str(r) for r in sorted(replicas))
         differences.append(f"replication factor {shown} (want {topic.replication_factor})")

@@ -1,7 +1,13 @@
-"""Service configuration: one YAML file, validated at start-up, with environment overrides."""
+"""Service configuration: one YAML file, validated at start-up, with environment overrides.
 
-from service.config.loader import load_config, parse_config
+See :mod:`service.config.loader` for how a file is read and checked, and
+:mod:`service.config.model` for what it may hold.
+"""
+
+from service.config.loader import config_schema, load_config, parse_config
 from service.config.model import (
+    ConfigDocument,
+    DeadLetterLimitConfig,
     DedupConfig,
     KafkaConfig,
     QueueConfig,
@@ -9,9 +15,12 @@ from service.config.model import (
     RetryConfig,
     RuntimeConfig,
     ServiceConfig,
+    TransactionConfig,
 )
 
 __all__ = [
+    "ConfigDocument",
+    "DeadLetterLimitConfig",
     "DedupConfig",
     "KafkaConfig",
     "QueueConfig",
@@ -19,6 +28,8 @@ __all__ = [
     "RetryConfig",
     "RuntimeConfig",
     "ServiceConfig",
+    "TransactionConfig",
+    "config_schema",
     "load_config",
     "parse_config",
 ]

@@ -1,50 +1,87 @@
-"""Loading and validating the YAML configuration.
+"""Loading and validating the YAML configuration; every problem reported at once.
 
-Every error is a :class:`~service.errors.ConfigurationError` that names where and what, e.g.
-``queues.payments.consumers[1]: cannot import 'examples.payment_service:Nope'``. Unknown keys
-are errors. Values may be ``${env:NAME}`` or ``${file:/path}``; keys that hold secrets
-(``*password*``, ``*secret*``, ``ssl.key.pem``...) become :class:`Secret`. Environment
-overrides: ``KAFKA_BOOTSTRAP_SERVERS``, ``SCHEMA_REGISTRY_URL``, ``KAFKA_SASL_USERNAME``,
-``KAFKA_SASL_PASSWORD``, ``SCHEMA_REGISTRY_USERNAME``, ``SCHEMA_REGISTRY_PASSWORD``.
+Loading runs in four steps, and the problems of all of them are reported together, one
+line each, with the path of the value concerned::
+
+    service.yaml: 3 problems:
+      kafka.consumer.session.timeout.mss: librdkafka refuses it: No such configuration ...
+      queues.payments.concurrency: expected an integer >= 1, got 0
+      queues.payments.consumers[1]: cannot import 'examples.payment_service:Nope': ...
+
+1. **References**: a value ``${env:NAME}`` or ``${file:/path}`` is replaced by the variable or
+   the file's content (stripped). Values under keys that hold secrets (``*password*``,
+   ``*secret*``, ``ssl.key.pem``...) become :class:`~service.redaction.Secret`.
+2. **Environment overrides**: ``KAFKA_BOOTSTRAP_SERVERS``, ``KAFKA_SASL_USERNAME``,
+   ``KAFKA_SASL_PASSWORD`` and ``SCHEMA_REGISTRY_URL`` replace or add their settings;
+   ``SCHEMA_REGISTRY_USERNAME`` and ``SCHEMA_REGISTRY_PASSWORD`` do when a registry is set;
+   ``METRICS_PORT`` replaces ``service.metrics_port`` (the container's health check uses it).
+3. **The model** (:class:`~service.config.model.ConfigDocument`, pydantic): types, ranges,
+   unknown keys, consumer factories and message classes imported.
+4. **librdkafka**: every key of ``kafka.client``, ``kafka.consumer`` and ``kafka.producer`` is
+   put to the client library (:mod:`service.backends.kafka.settings`); nothing connects.
+
+A secret never appears in a problem: values at secret keys are never quoted, nor is a value
+that came from a reference (a secret one level off its place is still a secret), and URLs
+are shown with their user-info masked.
+
+The settings the service owns (:data:`~service.backends.kafka.settings.OWNED`: auto-commit,
+the group, the assignment strategy, the producer's idempotence and acks) are refused unless
+set to the service's own value.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from service.backends.base import default_dead_letter_topic
-from service.config.model import (
-    DedupConfig,
-    KafkaConfig,
-    QueueConfig,
-    RegistryConfig,
-    RetryConfig,
-    RuntimeConfig,
-    Secret,
-    ServiceConfig,
-)
+from service.backends.kafka.settings import SECTIONS, refusals, service_owned
+from service.config.model import ConfigDocument, QueueConfig, QueueSection, ServiceConfig
+from service.config.references import Location, Problem, format_location, resolve_references
 from service.errors import ConfigurationError
+from service.redaction import Secret, is_secret_key, mask_text
 
-__all__ = ["import_path", "load_config", "parse_config"]
+__all__ = ["config_schema", "load_config", "parse_config"]
 
-_REFERENCE = re.compile(r"^\$\{(env|file):([^}]+)\}$")
-_SECRET_KEY = re.compile(r"password|secret|ssl\.key\.pem|sasl\.oauthbearer", re.IGNORECASE)
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_HINTS: dict[Location, str] = {
+    ("kafka",): "required (with bootstrap_servers, or set KAFKA_BOOTSTRAP_SERVERS)",
+    ("kafka", "bootstrap_servers"): "required (or set KAFKA_BOOTSTRAP_SERVERS)",
+    ("schema_registry", "url"): "required (or set SCHEMA_REGISTRY_URL)",
+    ("queues",): "at least one queue is required",
+}
+_PLAIN = {
+    "missing": "required",
+    "string_type": "expected text",
+    "string_too_short": "must not be empty",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "dict_type": "expected a mapping",
+    "model_type": "expected a mapping",
+    "model_attributes_type": "expected a mapping",
+    "list_type": "expected a list",
+    "too_short": "must not be empty",
+}
+_MAX_SHOWN = 80
+_NAMES_ITS_INPUT = frozenset({"missing", "import", "factory", "message_class"})
+"""Problems whose text needs no ``got ...``: nothing was given, or the text names it."""
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> ServiceConfig:
-    """Read and validate the YAML file at ``path``.
+    """Read and validate the YAML file at ``path`` (see the module docstring).
+
+    Args:
+        path: the YAML file.
+        env: the environment for references and overrides (default: ``os.environ``).
 
     Raises:
-        ConfigurationError: the file cannot be read or parsed, or a value is wrong.
+        ConfigurationError: the file cannot be read or parsed, or has problems; the text
+            lists every problem, one per line, each with its path.
     """
     try:
         document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
@@ -55,269 +92,267 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Servi
     return parse_config(document, os.environ if env is None else env, str(path))
 
 
-class _Section:
-    """A mapping being read, which knows its path and refuses keys nobody read."""
-
-    def __init__(self, data: Any, path: str, env: Mapping[str, str]) -> None:
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigurationError(f"{path or 'top level'}: expected a mapping")
-        self.data, self.path, self.env, self.seen = data, path, env, set[str]()
-
-    def where(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def raw(self, key: str, default: Any = None) -> Any:
-        self.seen.add(key)
-        value = self.data.get(key, default)
-        return _resolve(value, self.where(key), self.env, key)
-
-    def text(self, key: str, default: str | None = None, required: bool = False) -> str | None:
-        value = self.raw(key, default)
-        if value is None and required:
-            raise ConfigurationError(f"{self.where(key)}: required")
-        if value is not None and not isinstance(value, str | Secret):
-            raise ConfigurationError(f"{self.where(key)}: expected text, got {value!r}")
-        return value.reveal() if isinstance(value, Secret) else value
-
-    def number(self, key: str, default: float, minimum: float = 0) -> float:
-        value = self.raw(key, default)
-        if isinstance(value, str) and (match := _DURATION.match(value.strip())):
-            value = float(match[1]) * _UNITS[match[2]]
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-            raise ConfigurationError(
-                f"{self.where(key)}: expected a number >= {minimum} (durations like 30s, 7d), "
-                f"got {value!r}"
-            )
-        return float(value)
-
-    def flag(self, key: str, default: bool) -> bool:
-        value = self.raw(key, default)
-        if not isinstance(value, bool):
-            raise ConfigurationError(f"{self.where(key)}: expected true or false, got {value!r}")
-        return value
-
-    def section(self, key: str) -> _Section:
-        self.seen.add(key)
-        return _Section(self.data.get(key), self.where(key), self.env)
-
-    def settings(self, key: str) -> dict[str, Any]:
-        """A free-form librdkafka mapping: keys pass through, references resolve."""
-        inner = self.section(key)
-        return {k: inner.raw(k) for k in inner.data}
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.seen)
-        if unknown:
-            known = ", ".join(sorted(self.seen))
-            raise ConfigurationError(f"{self.where(unknown[0])}: unknown key (known: {known})")
-
-
-def _resolve(value: Any, where: str, env: Mapping[str, str], key: str) -> Any:
-    if isinstance(value, str) and (match := _REFERENCE.match(value.strip())):
-        kind, name = match[1], match[2].strip()
-        if kind == "env":
-            if name not in env:
-                raise ConfigurationError(f"{where}: environment variable {name} is not set")
-            value = env[name]
-        else:
-            try:
-                value = Path(name).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigurationError(f"{where}: cannot read {name}: {exc.strerror}") from exc
-    if isinstance(value, str) and _SECRET_KEY.search(key):
-        return Secret(value)
-    return value
-
-
-def import_path(path: Any, where: str) -> Any:
-    """The object named by ``module:attr``.
+def parse_config(document: Any, env: Mapping[str, str], source: str = "<config>") -> ServiceConfig:
+    """Validate a parsed YAML document (see :func:`load_config`).
 
     Raises:
-        ConfigurationError: the text is not ``module:attr`` or cannot be imported.
+        ConfigurationError: the document has problems; all of them are in the text.
     """
-    if not isinstance(path, str) or path.count(":") != 1:
-        raise ConfigurationError(f"{where}: expected 'module:attr', got {path!r}")
-    module_name, attr = path.split(":")
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigurationError(f"{source}: expected a mapping at the top level")
+    referenced: dict[Location, str] = {}
+    resolved, problems = resolve_references(document, env, referenced)
+    _apply_overrides(resolved, env)
+    unresolved = {problem.where for problem in problems}
+    model: ConfigDocument | None = None
     try:
-        module = importlib.import_module(module_name)
-        return getattr(module, attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigurationError(f"{where}: cannot import {path!r}: {exc}") from exc
+        model = ConfigDocument.model_validate(resolved)
+    except ValidationError as exc:
+        found = _problems_of(exc.errors(), referenced)
+        problems += [p for p in found if p.where not in unresolved]
+    problems += _librdkafka_problems(resolved, unresolved)
+    if problems or model is None:
+        raise ConfigurationError(_report(source, problems, referenced))
+    return _service_config(model, source)
 
 
-def parse_config(document: Any, env: Mapping[str, str], source: str = "<config>") -> ServiceConfig:
-    """Validate a parsed YAML document (see :func:`load_config`)."""
-    top = _Section(document, "", env)
-    kafka = _kafka(top.section("kafka"), env)
-    registry = _registry(top.section("schema_registry"), env)
-    messages = _messages(top.section("messages"), registry)
-    runtime = _runtime(top.section("service"))
-    queues_section = top.section("queues")
-    if not queues_section.data:
-        raise ConfigurationError("queues: at least one queue is required")
-    queues = {name: _queue(name, queues_section.section(str(name))) for name in queues_section.data}
-    queues_section.seen.update(str(n) for n in queues_section.data)
-    top.done()
-    return ServiceConfig(kafka, queues, messages, registry, runtime, source)
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the configuration file, for editors and checks.
+
+    Every value that is not a section also admits a reference string (``${env:NAME}``,
+    ``${file:/path}``), as the loader does: a file the loader accepts is valid.
+    """
+    schema = ConfigDocument.model_json_schema()
+    _admit_references(schema)
+    schema["$defs"]["Reference"] = _REFERENCE_SCHEMA
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
-def _kafka(section: _Section, env: Mapping[str, str]) -> KafkaConfig:
-    bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS") or section.text("bootstrap_servers")
-    section.seen.add("bootstrap_servers")
-    if not bootstrap:
-        raise ConfigurationError(
-            "kafka.bootstrap_servers: required (or set KAFKA_BOOTSTRAP_SERVERS)"
-        )
-    client = section.settings("client")
-    if env.get("KAFKA_SASL_USERNAME"):
-        client["sasl.username"] = env["KAFKA_SASL_USERNAME"]
-    if env.get("KAFKA_SASL_PASSWORD"):
-        client["sasl.password"] = Secret(env["KAFKA_SASL_PASSWORD"])
-    config = KafkaConfig(
-        bootstrap,
-        client,
-        section.settings("consumer"),
-        section.settings("producer"),
-        int(section.number("partitions", 1, minimum=1)),
-        int(section.number("replication_factor", 1, minimum=1)),
-        section.number("startup_timeout", 30.0, minimum=0.1),
+_REFERENCE_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "pattern": r"^\s*\$\{(env|file):[^}]+\}\s*$",
+    "description": "${env:NAME} or ${file:/path}: replaced by the variable or the file's content",
+}
+_WRAPPER_KEYS = ("title", "description", "default")
+
+
+def _admit_references(node: Any) -> None:
+    """Let every value schema under ``node`` that is not a section take a reference too."""
+    if not isinstance(node, dict):
+        return
+    for definition in node.get("$defs", {}).values():
+        _admit_references(definition)
+    for holder in ("properties", "patternProperties"):
+        children = node.get(holder, {})
+        for name, child in children.items():
+            children[name] = _with_reference(child)
+    if isinstance(node.get("additionalProperties"), dict):
+        node["additionalProperties"] = _with_reference(node["additionalProperties"])
+    if isinstance(node.get("items"), dict):
+        node["items"] = _with_reference(node["items"])
+
+
+def _with_reference(child: dict[str, Any]) -> dict[str, Any]:
+    _admit_references(child)
+    for member in child.get("anyOf", []):
+        _admit_references(member)
+    members = [child, *child.get("anyOf", [])]
+    if any("$ref" in m or m.get("type") == "object" for m in members):
+        return child  # a section: a reference resolves to text, never to a mapping
+    wrapper = {key: child.pop(key) for key in _WRAPPER_KEYS if key in child}
+    return {**wrapper, "anyOf": [child, {"$ref": "#/$defs/Reference"}]}
+
+
+# -- step 2: environment overrides ------------------------------------------------------
+_OVERRIDES: tuple[tuple[str, Location, bool], ...] = (
+    # variable, the setting it replaces, whether it applies only when the section is there
+    ("KAFKA_BOOTSTRAP_SERVERS", ("kafka", "bootstrap_servers"), False),
+    ("KAFKA_SASL_USERNAME", ("kafka", "client", "sasl.username"), False),
+    ("KAFKA_SASL_PASSWORD", ("kafka", "client", "sasl.password"), False),
+    ("SCHEMA_REGISTRY_URL", ("schema_registry", "url"), False),
+    ("SCHEMA_REGISTRY_USERNAME", ("schema_registry", "username"), True),
+    ("SCHEMA_REGISTRY_PASSWORD", ("schema_registry", "password"), True),
+    ("METRICS_PORT", ("service", "metrics_port"), False),  # the image's HEALTHCHECK reads it
+)
+
+
+def _apply_overrides(document: dict[Any, Any], env: Mapping[str, str]) -> None:
+    for variable, where, only_with_section in _OVERRIDES:
+        value = env.get(variable)
+        if not value or (only_with_section and document.get(where[0]) is None):
+            continue
+        node = document
+        for key in where[:-1]:
+            if node.get(key) is None:
+                node[key] = {}
+            node = node[key]
+            if not isinstance(node, dict):
+                break  # not a mapping: the model reports it
+        else:
+            node[where[-1]] = Secret(value) if is_secret_key(str(where[-1])) else value
+
+
+# -- step 3: the model's errors, as problems --------------------------------------------
+def _problems_of(
+    errors: Iterable[ErrorDetails], referenced: Mapping[Location, str]
+) -> list[Problem]:
+    problems = []
+    for error in errors:
+        where: Location = tuple(part for part in error["loc"] if part != "[key]")
+        problems.append(Problem(where, _text_of(error, where, _referenced_at(where, referenced))))
+    return problems
+
+
+def _referenced_at(where: Location, referenced: Mapping[Location, str]) -> str | None:
+    """The value a reference gave at ``where`` or at a section holding it; None if none."""
+    for end in range(len(where), 0, -1):
+        if where[:end] in referenced:
+            return referenced[where[:end]]
+    return None
+
+
+def _text_of(error: ErrorDetails, where: Location, referenced: str | None = None) -> str:
+    kind, context = error["type"], error.get("ctx", {})
+    if kind == "extra_forbidden":
+        known = _known_keys(where[:-1])
+        return "unknown key" + (f" (known: {', '.join(known)})" if known else "")
+    if kind in ("missing", "too_short") and where in _HINTS:
+        return _HINTS[where]
+    if kind == "literal_error":
+        text = str(context.get("expected", "one of the listed values"))
+    else:
+        text = _PLAIN.get(kind, error["msg"])
+    value = error.get("input")
+    secret = (
+        referenced is not None
+        or isinstance(value, Secret)
+        or (bool(where) and is_secret_key(str(where[-1])))
     )
-    section.done()
-    return config
+    shown = repr(value)
+    if len(shown) > _MAX_SHOWN:
+        shown = shown[: _MAX_SHOWN - 4] + "...'"
+    if (
+        kind not in _NAMES_ITS_INPUT
+        and not secret
+        and isinstance(value, str | int | float | bool | None)
+    ):
+        text += f", got {shown}"
+    return text
 
 
-def _registry(section: _Section, env: Mapping[str, str]) -> RegistryConfig | None:
-    url = env.get("SCHEMA_REGISTRY_URL") or section.text("url")
-    section.seen.add("url")
-    if not url and not section.data:
+def _known_keys(where: Location) -> list[str]:
+    """The keys the model knows in the section at ``where``; empty if it is no section."""
+    node: type[BaseModel] | None = ConfigDocument
+    parts = list(where)
+    while parts and node is not None:
+        part = parts.pop(0)
+        if part not in node.model_fields:
+            return []
+        annotation = node.model_fields[part].annotation
+        node = _model_in(annotation)
+        if node is None and get_origin(annotation) is dict:
+            if not parts:
+                return []  # the mapping itself (queues): its keys are names
+            node = _model_in(get_args(annotation)[1])
+            parts.pop(0)  # the key, a queue's name
+    return sorted(node.model_fields) if node is not None and not parts else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model class of a section's annotation (``Model`` or ``Model | None``)."""
+    if get_origin(annotation) is dict:
         return None
-    if not url:
-        raise ConfigurationError("schema_registry.url: required (or set SCHEMA_REGISTRY_URL)")
-    username = env.get("SCHEMA_REGISTRY_USERNAME") or section.text("username")
-    password = section.raw("password")
-    if env.get("SCHEMA_REGISTRY_PASSWORD"):
-        password = Secret(env["SCHEMA_REGISTRY_PASSWORD"])
-    strategy = section.text("subject_strategy", "record")
-    if strategy not in ("record", "topic_record"):
-        raise ConfigurationError(
-            f"schema_registry.subject_strategy: 'record' or 'topic_record', not {strategy!r}"
-        )
-    config = RegistryConfig(
-        url,
-        section.text("schemas", "schemas") or "schemas",
-        username,
-        password if isinstance(password, Secret) or password is None else Secret(str(password)),
-        section.settings("ssl"),
-        strategy,  # type: ignore[arg-type]
-        section.flag("auto_register", True),
-    )
-    section.done()
-    return config
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
-def _messages(section: _Section, registry: RegistryConfig | None) -> dict[type, str]:
-    bound: dict[type, str] = {}
-    for path in list(section.data):
-        where = section.where(path)
-        serializer = section.text(path)
-        if serializer not in ("avro", "json"):
-            raise ConfigurationError(f"{where}: serializer must be 'avro' or 'json'")
-        if serializer == "avro" and registry is None:
-            raise ConfigurationError(f"{where}: Avro needs schema_registry.url")
-        cls = import_path(path, where)
-        if not isinstance(cls, type):
-            raise ConfigurationError(f"{where}: {path!r} is not a class")
-        bound[cls] = serializer
-    section.done()
-    return bound
+# -- step 4: librdkafka -----------------------------------------------------------------
+def _librdkafka_problems(document: dict[Any, Any], unresolved: set[Location]) -> list[Problem]:
+    kafka = document.get("kafka")
+    if not isinstance(kafka, dict):
+        return []
+    problems = []
+    for name in SECTIONS:
+        settings = kafka.get(name)
+        if not isinstance(settings, dict):
+            continue  # absent, or the model reports it
+        checkable = {
+            key: value
+            for key, value in settings.items()
+            if isinstance(key, str)
+            and isinstance(value, str | int | float | bool | Secret)
+            and ("kafka", name, key) not in unresolved
+        }
+        refused = refusals(name, checkable)
+        for key, value in checkable.items():
+            if key in refused:
+                text: str | None = f"librdkafka refuses it: {refused[key]}"
+            else:
+                text = service_owned(name, key, value)
+            if text is not None:
+                problems.append(Problem(("kafka", name, key), text))
+    return problems
 
 
-def _runtime(section: _Section) -> RuntimeConfig:
-    log_format = section.text("log_format", "text")
-    if log_format not in ("text", "json"):
-        raise ConfigurationError(f"service.log_format: 'text' or 'json', not {log_format!r}")
-    config = RuntimeConfig(
-        int(section.number("metrics_port", 9100, minimum=0)),
-        section.text("metrics_host", "0.0.0.0") or "0.0.0.0",  # noqa: S104 - see RuntimeConfig
-        section.number("shutdown_timeout", 30.0, minimum=0.1),
-        log_format,  # type: ignore[arg-type]
-        (section.text("log_level", "INFO") or "INFO").upper(),
-    )
-    section.done()
-    return config
+_MASKED_ANYWHERE = 4
+"""Referenced values this long are masked in every line; shorter ones only at their place."""
 
 
-def _queue(name: str, section: _Section) -> QueueConfig:
-    topics = section.raw("topics")
-    pattern = section.text("pattern")
-    if topics is None:
-        topics = [pattern] if pattern else [name]
-    elif pattern:
-        raise ConfigurationError(f"{section.path}: give topics or pattern, not both")
-    if isinstance(topics, str):
-        topics = [topics]
-    if not isinstance(topics, list) or not all(isinstance(t, str) and t for t in topics):
-        raise ConfigurationError(f"{section.where('topics')}: expected a list of topic names")
-    if pattern and not pattern.startswith("^"):
-        raise ConfigurationError(f"{section.where('pattern')}: a pattern starts with '^'")
-    paths = section.raw("consumers") or []
-    if not isinstance(paths, list) or not paths:
-        raise ConfigurationError(f"{section.where('consumers')}: expected a non-empty list")
-    factories: list[Callable[[], Any]] = []
-    for index, path in enumerate(paths):
-        target = import_path(path, f"{section.where('consumers')}[{index}]")
-        if not callable(target):
-            raise ConfigurationError(
-                f"{section.where('consumers')}[{index}]: {path!r} is not a class or factory"
+def _report(source: str, problems: list[Problem], referenced: Mapping[Location, str]) -> str:
+    anywhere = [value for value in referenced.values() if len(value) >= _MASKED_ANYWHERE]
+    lines = sorted(
+        {
+            mask_text(
+                f"{format_location(problem.where)}: "
+                + mask_text(problem.text, [_referenced_at(problem.where, referenced)]),
+                anywhere,
             )
-        factories.append(target)
-    retry_section = section.section("retry")
-    attempts = retry_section.raw("max_attempts", 5)
-    if attempts is not None and (not isinstance(attempts, int) or attempts < 1):
-        raise ConfigurationError(f"{retry_section.where('max_attempts')}: an integer >= 1 or null")
-    retry = RetryConfig(
-        attempts,
-        retry_section.number("backoff_base", 0.5),
-        retry_section.number("backoff_max", 30.0),
+            for problem in problems
+        }
     )
-    if retry.backoff_max < retry.backoff_base:
-        raise ConfigurationError(f"{retry_section.path}: backoff_max < backoff_base")
-    retry_section.done()
-    dedup_section = section.section("dedup")
-    kind = dedup_section.text("kind", "none")
-    if kind not in ("none", "memory", "compacted"):
-        raise ConfigurationError(
-            f"{dedup_section.where('kind')}: 'none', 'memory' or 'compacted', not {kind!r}"
-        )
-    dedup = DedupConfig(
-        kind,  # type: ignore[arg-type]
-        dedup_section.number("window", 7 * 86400.0, minimum=0.001),
-        dedup_section.text("topic"),
+    if len(lines) == 1:
+        return f"{source}: {lines[0]}"
+    return f"{source}: {len(lines)} problems:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+# -- the service's view -----------------------------------------------------------------
+def _service_config(model: ConfigDocument, source: str) -> ServiceConfig:
+    queues = {name: _queue(name, section) for name, section in model.queues.items()}
+    messages = {ref.target: serializer for ref, serializer in model.messages.items()}
+    return ServiceConfig(
+        model.kafka, queues, messages, model.schema_registry, model.service, source
     )
-    dedup_section.done()
-    ordering = section.text("ordering", "partition")
-    if ordering not in ("partition", "key", "none"):
-        raise ConfigurationError(
-            f"{section.where('ordering')}: 'partition', 'key' or 'none', not {ordering!r}"
-        )
-    in_flight = section.raw("max_in_flight")
-    if in_flight is not None and (not isinstance(in_flight, int) or in_flight < 1):
-        raise ConfigurationError(f"{section.where('max_in_flight')}: an integer >= 1")
-    config = QueueConfig(
-        name,
-        tuple(topics),
-        section.text("group_id") or name,
-        tuple(factories),
-        tuple(paths),
-        section.flag("always_ack", False),
-        retry,
-        section.text("dead_letter_topic") or default_dead_letter_topic(name),
-        dedup,
-        int(section.number("concurrency", 1, minimum=1)),
-        ordering,  # type: ignore[arg-type]
-        in_flight,
+
+
+def _queue(name: str, section: QueueSection) -> QueueConfig:
+    topics = tuple(section.topics) if section.topics is not None else (section.pattern or name,)
+    return QueueConfig(
+        name=name,
+        topics=topics,
+        group_id=section.group_id or name,
+        consumers=tuple(ref.target for ref in section.consumers),
+        consumer_paths=tuple(ref.path for ref in section.consumers),
+        always_ack=section.always_ack,
+        processing=section.processing,
+        transaction=section.transaction,
+        retry=section.retry,
+        dead_letter_topic=section.dead_letter_topic or default_dead_letter_topic(name),
+        dedup=section.dedup,
+        concurrency=section.concurrency,
+        ordering=section.ordering,
+        max_in_flight=section.max_in_flight,
+        subject_strategy=section.subject_strategy,
+        dead_letter_limit=section.dead_letter_limit,
+        headerless=(
+            (section.headerless.serializer, section.headerless.type.target)
+            if section.headerless is not None
+            else None
+        ),
+        message_id=section.message_id,
+        type_ids={name: ref.target for name, ref in section.type_ids.items()},
+        key=section.key,
     )
-    section.done()
-    return config

@@ -20,9 +20,15 @@ class DeduplicationCache(ABC):
     dispatcher then retries the message rather than guess.
 
     A store that writes asynchronously (:class:`CompactedTopicCache`) follows the
-    subscription (:meth:`attach`) and makes its entries durable before any offset is
-    committed. The hooks have do-nothing defaults.
+    subscription (:meth:`attach`) as a listener of its assignment and as a commit gate, so
+    no offset is committed before the entries of the messages below it are durable. The
+    hooks have do-nothing defaults.
     """
+
+    transactional = False
+    """Whether its entries go into an exactly-once transaction (staged with the outputs), so
+    that an aborted transaction leaves none behind; only such a store (or none) may serve an
+    exactly-once queue."""
 
     @abstractmethod
     def store(
@@ -46,7 +52,7 @@ class DeduplicationCache(ABC):
         del timeout
 
     def attach(self, subscription: Subscription) -> None:
-        """Follow ``subscription``: restore on assignment, flush before every commit."""
+        """Follow ``subscription``: listen to its assignment, gate its commits (optional)."""
         del subscription
 
     @property
@@ -73,6 +79,8 @@ class NullCache(DeduplicationCache):
     The dispatcher still avoids re-running the consumers that succeeded on a message
     redelivered within the same process.
     """
+
+    transactional = True  # it keeps nothing
 
     def store(
         self, key: str, value: str, expire: float | None = None, *, partition: int | None = None

@@ -12,6 +12,8 @@ from service.errors import ConfigurationError
 
 __all__ = ["InMemoryCache"]
 
+EVICT_BUDGET = 10_000
+
 
 class InMemoryCache(DeduplicationCache):
     """Keys kept in process memory; lost on restart.
@@ -37,8 +39,26 @@ class InMemoryCache(DeduplicationCache):
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        """The number of keys held, expired ones included until they are looked up."""
+        """The number of keys held, expired ones included until evicted or looked up."""
         return len(self._entries)
+
+    def poll(self) -> None:
+        """Evict expired keys from the oldest stored on, at most ``EVICT_BUDGET`` per call.
+
+        Keys are kept in store order, so with one expiry for all they leave in order; a key
+        that lives longer than those stored after it holds them until it expires (memory
+        stays bounded by ``max_entries`` regardless).
+        """
+        now = self._clock()
+        with self._lock:
+            entries = self._entries
+            for _ in range(EVICT_BUDGET):
+                if not entries:
+                    return
+                key, (_, deadline) = next(iter(entries.items()))
+                if deadline is None or deadline > now:
+                    return
+                del entries[key]
 
     def store(
         self, key: str, value: str, expire: float | None = None, *, partition: int | None = None

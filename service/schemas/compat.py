@@ -1,30 +1,55 @@
-"""Avro schema compatibility: what stops a reader schema from reading a writer's data.
+"""Avro schema compatibility, decided by Apache Avro's checker and explained field by field.
 
-Avro's schema-resolution rules over schemas as parsed JSON (``json.load`` of an ``.avsc``).
 ``breaking_changes(new, old)`` checks BACKWARD compatibility, ``breaking_changes(old, new)``
-FORWARD. Writer fields the reader lacks are skipped. A logical type is compared by its
-underlying type, and its ``logicalType`` (a decimal's precision and scale too) must match.
+FORWARD. Whether a reader can read a writer's data is decided by
+:class:`avro.compatibility.ReaderWriterCompatibilityChecker` (Apache Avro's implementation
+of the specification's schema resolution: promotions, unions, aliases, enum defaults, the
+same rules the Java checker in the schema registries applies). This module only walks the
+two schemas side by side to say *where* each problem is, as a field path, and adds two
+checks the Avro checker leaves out:
+
+* a **logical type** must stay the same (and a decimal's precision and scale): Avro resolves
+  logical types by their underlying type, so a ``timestamp-millis`` read as
+  ``timestamp-micros`` would pass, and be wrong by a factor of 1000;
+* an added field's **default must match its type** (a union's: its first branch): the Java
+  parser refuses such a schema at registration, the Python one does not.
+
+Two deliberate differences from a hand-written reading of the specification, both the Avro
+checker's (and the Java one's): a named type is matched by its unqualified name, so moving a
+record to another namespace is compatible; and aliases name the *writer's* full name, an
+unqualified alias being taken in the namespace of the type that declares it.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
+
+import avro.errors
+import avro.schema
+from avro.compatibility import (
+    ReaderWriterCompatibilityChecker,
+    SchemaCompatibilityType,
+    lookup_writer_field,
+    schema_name_equals,
+)
+from avro.name import Names
+from avro.schema import (
+    ArraySchema,
+    EnumSchema,
+    FixedSchema,
+    MapSchema,
+    NamedSchema,
+    RecordSchema,
+    Schema,
+    UnionSchema,
+)
 
 from service.errors import ConfigurationError
 
 __all__ = ["breaking_changes"]
 
-_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
-_NAMED = frozenset({"record", "error", "enum", "fixed"})
-# Avro's promotions: the writer's type (key) is readable as any of the reader's types (value).
-_PROMOTIONS: dict[str, frozenset[str]] = {
-    "int": frozenset({"long", "float", "double"}),
-    "long": frozenset({"float", "double"}),
-    "float": frozenset({"double"}),
-    "string": frozenset({"bytes"}),
-    "bytes": frozenset({"string"}),
-}
 # Python types of a JSON default, per Avro type (bool is never a number in JSON).
 _DEFAULT_TYPES: dict[str, tuple[type, ...]] = {
     "null": (type(None),),
@@ -32,7 +57,7 @@ _DEFAULT_TYPES: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(("int", "long"), (int,)),
     **dict.fromkeys(("float", "double"), (int, float)),
     **dict.fromkeys(("bytes", "string", "fixed", "enum"), (str,)),
-    **dict.fromkeys(("map", "record"), (dict,)),
+    **dict.fromkeys(("map", "record", "error"), (dict,)),
     "array": (list,),
 }
 
@@ -52,210 +77,194 @@ def breaking_changes(reader: Mapping[str, Any], writer: Mapping[str, Any]) -> li
     Raises:
         ConfigurationError: a schema is malformed or refers to a type name it never defines.
     """
-    checker = _Checker()
-    reader_schema = _load(reader, checker.reader_names)
-    writer_schema = _load(writer, checker.writer_names)
-    root = reader_schema.get("name") if isinstance(reader_schema, dict) else None
-    checker.compare(reader_schema, writer_schema, root if isinstance(root, str) else "<root>")
-    return checker.problems
+    reader_schema, writer_schema = _parse(reader), _parse(writer)
+    explainer = _Explainer()
+    root = reader_schema.fullname if isinstance(reader_schema, NamedSchema) else "<root>"
+    explainer.explain(reader_schema, writer_schema, root)
+    return explainer.problems
 
 
-def _full_name(name: Any, namespace: str) -> str:
-    if not isinstance(name, str) or not name:
-        raise ConfigurationError(f"invalid Avro name {name!r}: a name must be a non-empty string")
-    return name if "." in name or not namespace else f"{namespace}.{name}"
+def _parse(schema: Any) -> Schema:
+    """``schema`` as Avro's schema object, aliases taken as full names.
 
-
-def _get(schema: Mapping[str, Any], key: str) -> Any:
+    Raises:
+        ConfigurationError: it is not a valid Avro schema.
+    """
+    names = Names()
     try:
-        return schema[key]
-    except KeyError:
-        raise ConfigurationError(f"Avro schema lacks {key!r}: {dict(schema)!r}") from None
-
-
-def _load(schema: Any, names: dict[str, dict[str, Any]]) -> Any:
-    """``schema`` with full names everywhere; its named types are recorded in ``names``."""
-    references: set[str] = set()
-    qualified = _qualify(schema, "", names, references)
-    if undefined := sorted(references - names.keys()):
-        raise ConfigurationError(f"Avro schema refers to undefined type(s) {undefined}")
-    return qualified
-
-
-def _qualify(schema: Any, namespace: str, names: dict[str, Any], references: set[str]) -> Any:
-    """A copy of ``schema`` where every name and name reference is a full name."""
-    if isinstance(schema, str):
-        if schema in _PRIMITIVES:
-            return schema
-        references.add(full := _full_name(schema, namespace))
-        return full
-    if isinstance(schema, list):
-        return [_qualify(branch, namespace, names, references) for branch in schema]
-    if not isinstance(schema, Mapping):
-        raise ConfigurationError(f"not an Avro schema: {schema!r}")
-    kind = _get(schema, "type")
-    if not isinstance(kind, str) or (kind not in _PRIMITIVES | _NAMED | {"array", "map"}):
-        return _qualify(kind, namespace, names, references)  # {"type": <a name, union or schema>}
-    out = dict(schema)
-    if kind in _NAMED:
-        out["name"] = full = _full_name(_get(schema, "name"), schema.get("namespace", namespace))
-        out.pop("namespace", None)
-        inner = full.rpartition(".")[0]
-        out["aliases"] = [_full_name(alias, inner) for alias in schema.get("aliases", [])]
-        names[full] = out
-        if kind in ("record", "error"):
-            out["fields"] = [
-                {**field, "type": _qualify(_get(field, "type"), inner, names, references)}
-                for field in _get(schema, "fields")
+        parsed = avro.schema.make_avsc_object(json.loads(json.dumps(schema)), names)
+    except (avro.errors.AvroException, TypeError, ValueError, AttributeError) as exc:
+        raise ConfigurationError(f"invalid Avro schema: {exc}") from exc
+    for named in names.names.values():
+        # The specification takes an unqualified alias in the declaring type's namespace;
+        # the checker compares aliases with the writer's full name as written.
+        aliases = named.props.get("aliases")
+        if isinstance(aliases, list) and named.namespace:
+            named.props["aliases"] = [
+                a if "." in a else f"{named.namespace}.{a}" for a in aliases if isinstance(a, str)
             ]
-    elif kind == "array":
-        out["items"] = _qualify(_get(schema, "items"), namespace, names, references)
-    elif kind == "map":
-        out["values"] = _qualify(_get(schema, "values"), namespace, names, references)
-    return out
+    return parsed
 
 
-def _kind(schema: Any) -> str:
-    if isinstance(schema, list):
-        return "union"
-    kind = schema if isinstance(schema, str) else schema["type"]
-    return "record" if kind == "error" else str(kind)
-
-
-def _describe(schema: Any) -> str:
+def _describe(schema: Schema) -> str:
     """A short type expression for messages: ``string``, ``array<int>``, ``union[null, long]``."""
-    kind = _kind(schema)
-    if kind == "union":
-        return f"union[{', '.join(_describe(branch) for branch in schema)}]"
-    if isinstance(schema, str):
-        return schema
-    if kind in _NAMED:
-        return str(schema["name"])
-    if kind in ("array", "map"):
-        return f"{kind}<{_describe(schema['items' if kind == 'array' else 'values'])}>"
-    logical = schema.get("logicalType")
-    return f"{kind} ({logical})" if logical else kind
+    if isinstance(schema, UnionSchema):
+        return f"union[{', '.join(_describe(branch) for branch in schema.schemas)}]"
+    if isinstance(schema, NamedSchema):
+        return str(schema.fullname)
+    if isinstance(schema, ArraySchema):
+        return f"array<{_describe(schema.items)}>"
+    if isinstance(schema, MapSchema):
+        return f"map<{_describe(schema.values)}>"
+    logical = schema.props.get("logicalType")
+    return f"{schema.type} ({logical})" if logical else str(schema.type)
 
 
-class _Checker:
-    """Walks a reader and a writer schema side by side, collecting problems."""
+def _same_shape(reader: Schema, writer: Schema) -> bool:
+    """Whether both are the same kind of schema (and, if named, the checker matches names)."""
+    if reader.type != writer.type:
+        return False
+    if isinstance(reader, NamedSchema) and isinstance(writer, NamedSchema):
+        return schema_name_equals(reader, writer)
+    return True
+
+
+class _Explainer:
+    """Walks a reader and a writer schema side by side, collecting located problems."""
 
     def __init__(self) -> None:
-        self.reader_names: dict[str, dict[str, Any]] = {}
-        self.writer_names: dict[str, dict[str, Any]] = {}
+        self._checker = ReaderWriterCompatibilityChecker()  # type: ignore[no-untyped-call]
+        self._active: set[tuple[int, int]] = set()  # record pairs being walked (recursion)
         self.problems: list[str] = []
-        self._active: set[tuple[str, str]] = set()  # record pairs being compared (recursion)
 
-    def _deref(self, schema: Any, names: dict[str, dict[str, Any]]) -> Any:
-        return names[schema] if isinstance(schema, str) and schema not in _PRIMITIVES else schema
+    def _compatible(self, reader: Schema, writer: Schema) -> bool:
+        result = self._checker.get_compatibility(reader, writer)
+        return result.compatibility is not SchemaCompatibilityType.incompatible
 
-    def _matches(self, reader: Any, writer: Any, *, exact: bool = False) -> bool:
-        """Whether the writer's schema selects this reader schema (names, not contents)."""
-        reader = self._deref(reader, self.reader_names)
-        writer = self._deref(writer, self.writer_names)
-        reader_kind, writer_kind = _kind(reader), _kind(writer)
-        if reader_kind != writer_kind:
-            return not exact and reader_kind in _PROMOTIONS.get(writer_kind, ())
-        if reader_kind in _NAMED:
-            return bool(writer["name"] == reader["name"] or writer["name"] in reader["aliases"])
-        return reader_kind != "union"
-
-    def _branch_for(self, union: list[Any], writer: Any) -> Any | None:
-        """The reader union's branch that reads ``writer``: an exact match before a promotion."""
-        for exact in (True, False):
-            for branch in union:
-                if self._matches(branch, writer, exact=exact):
-                    return branch
-        return None
-
-    def compare(self, reader: Any, writer: Any, path: str) -> None:
+    def explain(self, reader: Schema, writer: Schema, path: str) -> None:
         """Record every problem in reading ``writer`` data as ``reader``, at ``path``."""
-        reader = self._deref(reader, self.reader_names)
-        writer = self._deref(writer, self.writer_names)
-        if isinstance(writer, list) or isinstance(reader, list):
-            # Each branch the writer may have chosen must be read by the reader (or one branch).
-            for branch in writer if isinstance(writer, list) else [writer]:
-                target = self._branch_for(reader, branch) if isinstance(reader, list) else reader
-                if target is not None and self._matches(target, branch):
-                    self.compare(target, branch, path)
-                else:
-                    what = ("union branch " if isinstance(writer, list) else "") + _describe(branch)
-                    self.problems.append(f"{path}: {what} not resolvable by {_describe(reader)}")
-        elif not self._matches(reader, writer):
-            kind = _kind(reader)
-            if kind in _NAMED and kind == _kind(writer):
-                change = f"{kind} name changed from {writer['name']} to {reader['name']}"
+        if isinstance(reader, UnionSchema) or isinstance(writer, UnionSchema):
+            self._unions(reader, writer, path)
+        elif not _same_shape(reader, writer):
+            named = isinstance(reader, NamedSchema) and isinstance(writer, NamedSchema)
+            if named and reader.type == writer.type:  # one kind of named type: names differ
+                self.problems.append(
+                    f"{path}: {reader.type} name changed from {_describe(writer)} "
+                    f"to {_describe(reader)}"
+                )
+            elif self._compatible(reader, writer):  # a promotion such as int -> long
+                self._logical(reader, writer, path)
             else:
-                change = f"type changed from {_describe(writer)} to {_describe(reader)}"
-            self.problems.append(f"{path}: {change}")
-        else:  # a bare primitive name is its {"type": name} form, so logical types compare
-            self._compare_complex(
-                reader if isinstance(reader, dict) else {"type": reader},
-                writer if isinstance(writer, dict) else {"type": writer},
-                path,
-            )
+                self.problems.append(
+                    f"{path}: type changed from {_describe(writer)} to {_describe(reader)}"
+                )
+        elif self._logical(reader, writer, path):
+            self._inside(reader, writer, path)
 
-    def _compare_complex(self, reader: dict[str, Any], writer: dict[str, Any], path: str) -> None:
-        reader_logical, writer_logical = reader.get("logicalType"), writer.get("logicalType")
+    def _inside(self, reader: Schema, writer: Schema, path: str) -> None:
+        """What is inside two schemas of the same shape."""
+        if isinstance(reader, RecordSchema) and isinstance(writer, RecordSchema):
+            self._fields(reader, writer, path)
+        elif isinstance(reader, ArraySchema) and isinstance(writer, ArraySchema):
+            self.explain(reader.items, writer.items, f"{path}[]")
+        elif isinstance(reader, MapSchema) and isinstance(writer, MapSchema):
+            self.explain(reader.values, writer.values, f"{path}{{}}")
+        elif isinstance(reader, EnumSchema) and isinstance(writer, EnumSchema):
+            if not self._compatible(reader, writer):
+                missing = [s for s in writer.symbols if s not in reader.symbols]
+                self.problems.append(
+                    f"{path}: enum symbol(s) {', '.join(missing)} removed from "
+                    f"{reader.fullname}, which has no default"
+                )
+        elif (
+            isinstance(reader, FixedSchema)
+            and isinstance(writer, FixedSchema)
+            and not self._compatible(reader, writer)
+        ):
+            self.problems.append(f"{path}: fixed size changed from {writer.size} to {reader.size}")
+
+    def _unions(self, reader: Schema, writer: Schema, path: str) -> None:
+        """Each branch the writer may have chosen must be read by the reader."""
+        branches = writer.schemas if isinstance(writer, UnionSchema) else [writer]
+        for branch in branches:
+            target = self._branch_for(reader, branch) if isinstance(reader, UnionSchema) else reader
+            if target is not None and (
+                self._compatible(target, branch) or _same_shape(target, branch)
+            ):
+                self.explain(target, branch, path)
+            else:
+                what = "union branch " if isinstance(writer, UnionSchema) else ""
+                self.problems.append(
+                    f"{path}: {what}{_describe(branch)} not resolvable by {_describe(reader)}"
+                )
+
+    def _branch_for(self, union: UnionSchema, writer: Schema) -> Schema | None:
+        """The reader branch that reads ``writer``, if any.
+
+        A branch of the same shape first, then one reading it by promotion; else a branch of
+        the same shape that fails inside, to say where.
+        """
+        branches: list[Schema] = list(union.schemas)
+        same_shape = [b for b in branches if _same_shape(b, writer)]
+        for branch in same_shape:
+            if self._compatible(branch, writer):
+                return branch
+        for branch in branches:
+            if self._compatible(branch, writer):
+                return branch
+        return same_shape[0] if same_shape else None
+
+    def _fields(self, reader: RecordSchema, writer: RecordSchema, path: str) -> None:
+        pair = (id(reader), id(writer))
+        if pair in self._active:  # a recursive type: this pair is already being walked
+            return
+        self._active.add(pair)
+        for field in reader.fields:
+            source = lookup_writer_field(writer_schema=writer, reader_field=field)
+            where = f"{path}.{field.name}"
+            if source is not None:
+                self.explain(field.type, source.type, where)
+            elif not field.has_default:
+                self.problems.append(f"{where}: added without a default")
+            elif not _default_fits(field.type, field.default):
+                kind = _describe(field.type)
+                if isinstance(field.type, UnionSchema):
+                    kind = f"the first branch of {kind}"
+                self.problems.append(
+                    f"{where}: added with default {field.default!r}, which does not match {kind}"
+                )
+        self._active.discard(pair)
+
+    def _logical(self, reader: Schema, writer: Schema, path: str) -> bool:
+        """Whether the logical types match (not Avro's rule: see the module docstring).
+
+        A mismatch is recorded as a problem at ``path``.
+        """
+        reader_logical = reader.props.get("logicalType")
+        writer_logical = writer.props.get("logicalType")
         if reader_logical != writer_logical:
             self.problems.append(
                 f"{path}: logical type changed from {writer_logical or 'none'} "
                 f"to {reader_logical or 'none'}"
             )
-            return
-        old, new = (f"{x.get('precision')}/{x.get('scale', 0)}" for x in (writer, reader))
-        if reader_logical == "decimal" and old != new:
-            self.problems.append(f"{path}: decimal precision/scale changed from {old} to {new}")
-        kind = _kind(reader)
-        if kind == "record":
-            self._compare_records(reader, writer, path)
-        elif kind == "enum":
-            missing = [s for s in _get(writer, "symbols") if s not in _get(reader, "symbols")]
-            if missing and "default" not in reader:
-                self.problems.append(
-                    f"{path}: enum symbol(s) {', '.join(missing)} removed from "
-                    f"{reader['name']}, which has no default"
-                )
-        elif kind == "fixed" and _get(reader, "size") != _get(writer, "size"):
-            self.problems.append(
-                f"{path}: fixed size changed from {writer['size']} to {reader['size']}"
-            )
-        elif kind == "array":
-            self.compare(reader["items"], writer["items"], f"{path}[]")
-        elif kind == "map":
-            self.compare(reader["values"], writer["values"], f"{path}{{}}")
-
-    def _compare_records(self, reader: dict[str, Any], writer: dict[str, Any], path: str) -> None:
-        pair = (reader["name"], writer["name"])
-        if pair in self._active:  # a recursive type: this pair is already being compared
-            return
-        self._active.add(pair)
-        written = {_get(field, "name"): field for field in writer["fields"]}
-        for field in reader["fields"]:
-            name = _get(field, "name")
-            candidates = [name, *field.get("aliases", [])]
-            source = next((written[n] for n in candidates if n in written), None)
-            if source is not None:
-                self.compare(field["type"], source["type"], f"{path}.{name}")
-            elif "default" not in field:
-                self.problems.append(f"{path}.{name}: added without a default")
-            elif not self._default_fits(field["type"], field["default"]):
-                kind = _describe(field["type"])
-                kind = f"the first branch of {kind}" if isinstance(field["type"], list) else kind
-                self.problems.append(
-                    f"{path}.{name}: added with default {field['default']!r}, "
-                    f"which does not match {kind}"
-                )
-        self._active.discard(pair)
-
-    def _default_fits(self, schema: Any, value: Any) -> bool:
-        """Whether a JSON default is, shallowly, of ``schema`` (a union's: of its first branch)."""
-        schema = self._deref(schema, self.reader_names)
-        kind = _kind(schema)
-        if kind == "union":
-            return bool(schema) and self._default_fits(schema[0], value)
-        if kind == "enum" and value not in schema["symbols"]:
             return False
-        return isinstance(value, _DEFAULT_TYPES[kind]) and isinstance(value, bool) == (
-            kind == "boolean"
-        )
+        if reader_logical == "decimal":
+            old, new = (
+                f"{s.props.get('precision')}/{s.props.get('scale', 0)}" for s in (writer, reader)
+            )
+            if old != new:
+                self.problems.append(f"{path}: decimal precision/scale changed from {old} to {new}")
+                return False
+        return True
+
+
+def _default_fits(schema: Schema, value: Any) -> bool:
+    """Whether a JSON default is, shallowly, of ``schema`` (a union's: of its first branch)."""
+    if isinstance(schema, UnionSchema):
+        return bool(schema.schemas) and _default_fits(schema.schemas[0], value)
+    if isinstance(schema, EnumSchema) and value not in schema.symbols:
+        return False
+    kind = str(schema.type)
+    return isinstance(value, _DEFAULT_TYPES[kind]) and isinstance(value, bool) == (
+        kind == "boolean"
+    )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 from service.consumers import manifest_of
@@ -49,6 +51,33 @@ class Serializer(ABC):
             UnknownManifestError: the serializer knows no type named ``manifest``.
             DeserializationError: the bytes do not decode.
         """
+
+    def decoder(self, manifest: str) -> Callable[[bytes], Any]:
+        """``deserialize`` for one ``manifest``, looked up once (the dispatcher caches it).
+
+        The default binds :meth:`deserialize`; a serializer may return its per-type decoder
+        directly, raising what :meth:`deserialize` raises.
+
+        Raises:
+            UnknownManifestError: the serializer knows no type named ``manifest``.
+        """
+        return functools.partial(self.deserialize, manifest=manifest)
+
+    def sniff(self, data: bytes) -> str | None:
+        """The manifest of ``data`` when its framing shows this serializer wrote it, else ``None``.
+
+        Called for records that carry no routing headers (see
+        :meth:`SerializerRegistry.sniff <service.serializers.registry.SerializerRegistry.sniff>`).
+        Only self-describing formats recognise anything (Avro's Confluent framing); the
+        default recognises nothing. It must be cheap when it answers ``None``.
+
+        Raises:
+            SerializationError: ``data`` is framed for this serializer but unusable (for
+                Avro: an unknown schema id); the message is dead-lettered with it.
+            SchemaRegistryError: a registry needed to tell cannot answer (may pass).
+        """
+        del data
+        return None
 
     def bind(self, cls: type) -> None:
         """Learn that instances of ``cls`` are serialized by this serializer.

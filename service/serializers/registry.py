@@ -53,6 +53,17 @@ class SerializerRegistry:
         default = config.get("default")
         self._default = None if default is None else self._named(default, "default")
         self._resolved: dict[type, Serializer] = {}
+        self._sniffers = tuple(
+            s for s in self._by_id.values() if type(s).sniff is not Serializer.sniff
+        )
+
+    def named(self, name: str, where: str) -> Serializer:
+        """The serializer configured as ``name``.
+
+        Raises:
+            ConfigurationError: there is none; the text starts with ``where``.
+        """
+        return self._named(name, where)
 
     def _named(self, name: str, where: str) -> Serializer:
         try:
@@ -95,10 +106,45 @@ class SerializerRegistry:
             self._resolved[cls] = serializer
         return serializer
 
-    def serialize(self, data: Any) -> tuple[bytes, Serializer]:
-        """Encode ``data`` with :meth:`find_serializer_for`; returns the bytes and serializer."""
+    def serialize(self, data: Any, topic: str = "") -> tuple[bytes, Serializer]:
+        """Encode ``data`` with :meth:`find_serializer_for`; returns the bytes and serializer.
+
+        Args:
+            data: the message object.
+            topic: the topic it will be published to; needed by Avro types whose subject
+                strategy is ``topic`` or ``topic_record``
+                (:meth:`Serializer.serialize_to`).
+        """
         serializer = self.find_serializer_for(data)
-        return serializer.serialize(data), serializer
+        payload = serializer.serialize_to(topic, data) if topic else serializer.serialize(data)
+        return payload, serializer
+
+    def sniff(self, value: bytes) -> tuple[int, str] | None:
+        """The serializer id and manifest of a record value that carries no routing headers.
+
+        The dispatch side calls it for a record without a ``serializer_id`` header, before
+        any per-queue ``headerless`` configuration. Each serializer that recognises a framing
+        is asked in registration order (today only Avro: the Confluent magic byte ``0`` and a
+        4-byte schema id, the manifest being the writer schema's full name). The answer then
+        routes as headers would: ``accepts(manifest)`` chooses the consumers, and
+        ``deserialize_with_serializerid(value, serializer_id, manifest)`` decodes it.
+
+        Returns:
+            ``(serializer id, manifest)``, or ``None`` when no serializer recognises the
+            value (for instance JSON, whose first byte is never ``0``).
+
+        Raises:
+            UnknownSchemaError: Confluent-framed, but the registry has no schema with its id
+                (a :class:`~service.errors.MessageError`: dead-letter the record).
+            DeserializationError: Confluent-framed, but the writer schema is not a record.
+            SchemaRegistryUnavailableError: the registry cannot answer now (may pass:
+                redeliver after a backoff, never dead-letter).
+        """
+        for serializer in self._sniffers:
+            manifest = serializer.sniff(value)
+            if manifest is not None:
+                return serializer.identifier(), manifest
+        return None
 
     def deserialize_with_serializerid(
         self, data: bytes, serializer_id: int, manifest: str | None = None

@@ -9,9 +9,10 @@ from service.errors import (
     AuthorizationError,
     BackendError,
     BrokerUnavailableError,
+    ProduceError,
 )
 
-__all__ = ["TRANSIENT_CODES", "translate"]
+__all__ = ["PERMANENT_PRODUCE_CODES", "TRANSIENT_CODES", "produce_error", "translate"]
 
 TRANSIENT_CODES = frozenset(
     {
@@ -39,6 +40,34 @@ _AUTHORIZATION_CODES = frozenset(
         KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
     }
 )
+
+
+PERMANENT_PRODUCE_CODES = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_MSG,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.TOPIC_EXCEPTION,
+        KafkaError.POLICY_VIOLATION,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError._INVALID_ARG,
+    }
+)
+"""Produce errors where sending the same record again cannot help."""
+
+
+def produce_error(error: KafkaError | KafkaException, context: str) -> ProduceError:
+    """The :class:`ProduceError` for a refused record, ``permanent`` when retrying is futile."""
+    kafka_error = error.args[0] if isinstance(error, KafkaException) else error
+    if not isinstance(kafka_error, KafkaError):
+        return ProduceError(f"{context}: {error}")
+    permanent = kafka_error.code() in PERMANENT_PRODUCE_CODES
+    return ProduceError(
+        f"{context}: {kafka_error.name()}: {kafka_error.str()}", permanent=permanent
+    )
 
 
 def translate(error: KafkaError | KafkaException, context: str) -> BackendError:

@@ -42,5 +42,6 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before delivery ``attempt + 1``."""
-        ceiling = min(self.backoff_max, self.backoff_base * 2.0 ** max(attempt - 1, 0))
+        exponent = min(max(attempt - 1, 0), 64)  # 2.0 ** 1024 overflows: retries for ever
+        ceiling = min(self.backoff_max, self.backoff_base * 2.0**exponent)
         return ceiling * (1 - self.jitter * random.random())  # noqa: S311 - not crypto

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from service.backends.base import DeadLetterReason
+from service.backends.outputs import Outputs
 from service.errors import (
     BackendError,
     ConsumerError,
@@ -55,11 +56,14 @@ class Verdict:
             ``reason``.
         reason: why it is dead-lettered.
         delay: seconds before it is delivered again.
+        outputs: records its handlers published: the verdict holds only once each is
+            confirmed (until then the message stays in flight).
     """
 
     outcome: DispatchOutcome
     reason: DeadLetterReason | None = None
     delay: float = 0.0
+    outputs: Outputs | None = None
 
 
 ACK = Verdict(DispatchOutcome.ACKNOWLEDGED)
@@ -78,10 +82,13 @@ def may_pass(error: Exception) -> bool:
     return isinstance(error, (BackendError, DeduplicationStoreError))
 
 
-def consumer_error(name: str, message: Message, exc: Exception) -> ConsumerError:
+def consumer_error(
+    name: str, message: Message, exc: Exception, fields: dict[str, object] | None = None
+) -> ConsumerError:
+    """The :class:`ConsumerError` for ``exc``, logged with ``fields`` (JSON log fields)."""
     error = ConsumerError(name, message, exc)
     error.__cause__ = exc
-    logger.warning("%s", error, exc_info=exc)
+    logger.warning("%s", error, exc_info=exc, extra={**(fields or {}), "consumer": name})
     return error
 
 
