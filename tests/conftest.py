@@ -1,9 +1,15 @@
 """Session fixtures for a real Kafka broker and schema registry.
 
 The broker comes from, in order: ``KAFKA_BOOTSTRAP_SERVERS`` in the environment;
-testcontainers' Kafka module (Confluent Platform 8 = Kafka 4.x, KRaft) when a Docker engine
-answers; the local JVM broker of ``deploy/local`` (jars from Maven Central, cached). A test
-that needs a broker and cannot get one fails; it never skips.
+testcontainers, when a Docker-compatible engine answers on ``DOCKER_HOST`` (or the default
+Docker socket), running ``$KAFKA_IMAGE`` (default ``apache/kafka:<KAFKA_VERSION>`` from
+deploy/versions.env; ``make test-containers`` names the image ``make images`` builds and
+serves podman's API, see docs/containers.md); the local JVM broker of ``deploy/local`` (jars
+from Maven Central, cached). A test that needs a broker and cannot get one fails; it never
+skips.
+
+``tests/containers`` (the compose group on real containers) is collected only when named on
+the command line (``make test-containers``), never by a plain ``pytest``.
 """
 
 from __future__ import annotations
@@ -12,12 +18,29 @@ import contextlib
 import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.support.local_brokers import local_kafka, local_schema_registry
+from tests.support.local_brokers import local_kafka, local_schema_registry, versions
 
-TESTCONTAINERS_IMAGE = "confluentinc/cp-kafka:8.0.0"
+CONTAINER_TESTS = Path(__file__).parent / "containers"
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Leave ``tests/containers`` out unless a command-line path points into it."""
+    if collection_path != CONTAINER_TESTS:
+        return None
+    for arg in config.args:
+        path = Path(arg.split("::", 1)[0]).resolve()
+        if path == CONTAINER_TESTS or CONTAINER_TESTS in path.parents:
+            return None
+    return True
+
+
+def _kafka_image() -> str:
+    """``$KAFKA_IMAGE``, else the official image of the version deploy/versions.env names."""
+    return os.environ.get("KAFKA_IMAGE") or f"apache/kafka:{versions()['KAFKA_VERSION']}"
 
 
 def _docker_engine_answers() -> bool:
@@ -52,10 +75,10 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     with contextlib.ExitStack() as stack:
         if _docker_engine_answers():
-            from testcontainers.community.kafka import KafkaContainer
+            from tests.containers.apache_kafka import ApacheKafkaContainer
 
-            container = stack.enter_context(KafkaContainer(TESTCONTAINERS_IMAGE).with_kraft())
-            yield container.get_bootstrap_server()
+            container = ApacheKafkaContainer(_kafka_image())
+            yield stack.enter_context(container).get_bootstrap_server()
         else:
             yield stack.enter_context(local_kafka(tmp_path_factory.mktemp("kafka")))
 

@@ -43,6 +43,7 @@ def read_topic(
             "bootstrap.servers": bootstrap,
             "group.id": unique("reader"),
             "enable.auto.commit": False,
+            "isolation.level": "read_committed",  # what exactly-once readers must use
             **(client or {}),
         }
     )

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
 from dataclasses import dataclass
 
 import pytest
 
 from service import DeduplicationCache, InMemoryCache, NullCache
-from service.dedup.kafka import CompactedTopicCache
+from service.backends.kafka.dedup import CompactedTopicCache
 from tests.kafka_helpers import kafka_backend, unique
 
 
@@ -37,6 +37,7 @@ def store(request: pytest.FixtureRequest) -> Iterator[Store]:
     else:
         backend = kafka_backend(request.getfixturevalue("kafka_bootstrap"))
         cache = CompactedTopicCache(backend, unique("dedup"), window=60, clock=clock)
+        cache.on_assigned([("input", 0)])  # as its subscription would: it owns partition 0
         yield Store(cache, clock, remembers=True)
         cache.flush(10)
         backend.close()
@@ -69,3 +70,15 @@ def test_flush_with_nothing_pending_returns(store: Store) -> None:
 
 def test_is_ready_when_not_restoring(store: Store) -> None:
     assert store.cache.is_ready
+
+
+def test_poll_evicts_expired_keys_from_memory(store: Store) -> None:
+    for i in range(50):
+        store.cache.store(f"tests.A.{i}", f"tests.A.{i}", partition=0)
+    store.cache.flush(10)
+    store.cache.poll()
+    held = len(store.cache) if isinstance(store.cache, Sized) else 0
+    assert held == (50 if store.remembers else 0)
+    store.clock.now += 62  # the window, and the store's eviction slack (a second)
+    store.cache.poll()
+    assert (len(store.cache) if isinstance(store.cache, Sized) else 0) == 0

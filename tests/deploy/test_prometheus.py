@@ -1,7 +1,7 @@
 """Prometheus from Debian's ``prometheus`` package: promtool checks, and a real scrape.
 
-These run the binaries; a missing ``promtool``/``prometheus`` fails the test (``.ci/run``
-installs the package), it never skips.
+These run the binaries; a missing ``promtool``/``prometheus`` fails the test (``make deps``
+installs the package, ``make test`` runs it first), it never skips.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from tests.payments import DoPayment, json_registry
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
-INSTALL = "apt-get install -y --no-install-recommends prometheus"
+INSTALL = "make deps, or as root: apt-get install -y --no-install-recommends prometheus"
 
 
 def binary(name: str) -> str:

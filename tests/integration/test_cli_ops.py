@@ -25,7 +25,7 @@ from confluent_kafka.admin._config import ConfigResource
 from examples.payment_service import messages as payment_messages
 from service import Consumer, DeadLetterReason, Message, SerializationError
 from service.cli.dlq import parse_since
-from service.cli.publish import from_json
+from service.cli.publish import message_from_json
 from tests.kafka_helpers import kafka_backend, read_topic, unique
 
 pytestmark = pytest.mark.integration
@@ -166,13 +166,6 @@ def test_topics_create_reports_how_an_existing_topic_differs(
     assert states[f"{queue}.dlq"] == "created"
 
 
-def test_topics_create_exits_1_when_the_broker_is_unreachable(tmp_path: Path) -> None:
-    config = write_config(tmp_path, "127.0.0.1:9", {"q": {"topics": ["t"]}}, startup_timeout=2)
-    result = cli(config, "topics", "create")
-    assert result.returncode == 1
-    assert "error: listing topics" in result.stderr
-
-
 # -- publish ------------------------------------------------------------------------------
 def test_publish_then_read_back(kafka_bootstrap: str, tmp_path: Path) -> None:
     topic = unique("orders")
@@ -214,11 +207,11 @@ def test_publish_refuses_json_that_does_not_fit_with_exit_2(
     args = ("publish", "--topic", topic, "--manifest")
     wrong = cli(config, *args, "DoPayment", "--json", '{"order_id": "o", "amount": "twelve"}')
     assert wrong.returncode == 2
-    assert "field 'amount': expected an integer" in wrong.stderr
+    assert "$.amount: expected int, got str" in wrong.stderr
     missing = cli(config, *args, "DoPayment", "--json", '{"order_id": "o"}')
-    assert missing.returncode == 2 and "field 'amount'" in missing.stderr
+    assert missing.returncode == 2 and "$.amount: required field missing" in missing.stderr
     extra = cli(config, *args, "DoPayment", "--json", '{"order_id": "o", "amount": 1, "x": 0}')
-    assert extra.returncode == 2 and "field 'x': unknown field" in extra.stderr
+    assert extra.returncode == 2 and "$.x: DoPayment has no such field" in extra.stderr
     unknown = cli(config, *args, "Nope", "--json", "{}")
     assert unknown.returncode == 2
     assert "'Nope'" in unknown.stderr and "known: DoPayment, dict" in unknown.stderr
@@ -226,17 +219,17 @@ def test_publish_refuses_json_that_does_not_fit_with_exit_2(
     assert broken.returncode == 2 and "not valid JSON" in broken.stderr
 
 
-def test_from_json_builds_nested_dataclasses_and_names_the_failing_field() -> None:
-    payload = {
+def test_message_from_json_builds_nested_dataclasses_and_names_the_failing_field() -> None:
+    payload: dict[str, Any] = {
         "payment_id": "0b9e8d7c-6a5f-4e3d-8c2b-1a0f9e8d7c6b",
         "order_id": "6f1c2b8e-3d4a-4f5b-9c7d-1e2f3a4b5c6d",
-        "amount": {"amount": Decimal("49.97"), "currency": "EUR"},
+        "amount": {"amount": 49.97, "currency": "EUR"},
         "method": "CARD",
         "merchant_reference": "INV-1",
         "requested_at": "2024-05-01T12:30:16.005Z",
         "metadata": {"k": "v"},
     }
-    built = from_json(payment_messages.DoPayment, payload)
+    built = message_from_json(payment_messages.DoPayment, json.dumps(payload))
     assert built.amount == payment_messages.Money(Decimal("49.97"), "EUR")
     assert built.method is payment_messages.PaymentMethod.CARD
     assert built.requested_at == datetime.datetime(
@@ -244,39 +237,41 @@ def test_from_json_builds_nested_dataclasses_and_names_the_failing_field() -> No
     )
     assert built.payment_id == uuid.UUID("0b9e8d7c-6a5f-4e3d-8c2b-1a0f9e8d7c6b")
     assert built.note is None
-    with pytest.raises(SerializationError, match=r"field 'amount\.currency': expected text"):
-        from_json(payment_messages.DoPayment, {**payload, "amount": {"amount": 1, "currency": 2}})
-    with pytest.raises(SerializationError, match=r"field 'method': expected one of"):
-        from_json(payment_messages.DoPayment, {**payload, "method": "CHEQUE"})
-    with pytest.raises(SerializationError, match=r"field 'items\[1\]\.unit_price'"):
-        from_json(
-            payment_messages.OrderResponse,
+
+    def refused(cls: type, **changes: Any) -> str:
+        with pytest.raises(SerializationError) as caught:
+            message_from_json(cls, json.dumps({**payload, **changes}))
+        return str(caught.value)
+
+    money = {"amount": 1, "currency": 2}
+    assert "$.amount.currency: expected str, got int" in refused(
+        payment_messages.DoPayment, amount=money
+    )
+    assert "$.method: invalid enum value 'CHEQUE'" in refused(
+        payment_messages.DoPayment, method="CHEQUE"
+    )
+    order = {
+        "order_id": payload["order_id"],
+        "customer": {
+            "customer_id": payload["order_id"],
+            "name": "Ada",
+            "billing_address": {"line1": "1", "city": "L", "postal_code": "1", "country": "GB"},
+        },
+        "items": [
             {
-                "order_id": payload["order_id"],
-                "customer": {
-                    "customer_id": payload["order_id"],
-                    "name": "Ada",
-                    "billing_address": {
-                        "line1": "1",
-                        "city": "L",
-                        "postal_code": "1",
-                        "country": "GB",
-                    },
-                },
-                "items": [
-                    {
-                        "sku": "a",
-                        "description": "d",
-                        "quantity": 1,
-                        "unit_price": {"amount": "1.00", "currency": "EUR"},
-                    },
-                    {"sku": "b", "description": "d", "quantity": 1},
-                ],
-                "total": {"amount": 1, "currency": "EUR"},
-                "created_at": 1714566615,
-                "metadata": {},
+                "sku": "a",
+                "description": "d",
+                "quantity": 1,
+                "unit_price": {"amount": "1.00", "currency": "EUR"},
             },
-        )
+            {"sku": "b", "description": "d", "quantity": 1},
+        ],
+        "total": {"amount": 1, "currency": "EUR"},
+        "created_at": "2024-05-01T12:30:15Z",
+        "metadata": {},
+    }
+    with pytest.raises(SerializationError, match=r"\$\.items\[1\]\.unit_price: required field"):
+        message_from_json(payment_messages.OrderResponse, json.dumps(order))
 
 
 # -- dlq ----------------------------------------------------------------------------------
@@ -328,7 +323,7 @@ def test_dlq_replay_dry_run_then_replay_to_the_original_topic(
     replay = cli(config, "dlq", "replay", "--queue", queue, "--message-id", "id-1", "id-3")
     assert replay.returncode == 0, replay.stderr
     assert replay.stdout.strip() == f"replayed 2 dead letter(s) to {topic}"
-    assert "2/2" in replay.stderr  # the progress bar
+    assert "\r" not in replay.stderr and "\x1b" not in replay.stderr  # no bar: not a terminal
     replayed = read_topic(kafka_bootstrap, topic, 2)
     assert sorted(m.header("message_id") or b"" for m in replayed) == [b"id-1", b"id-3"]
     for message in replayed:

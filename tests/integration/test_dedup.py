@@ -15,7 +15,7 @@ from confluent_kafka.admin import AdminClient
 
 from service import Consumer, DeduplicationStoreError, MessageDispatcher, Publisher
 from service.backends.kafka import KafkaBackend
-from service.dedup.kafka import CompactedTopicCache
+from service.backends.kafka.dedup import CompactedTopicCache
 from tests.integration.test_kafka_dispatch import (
     ledger_amounts,
     publish,
@@ -193,7 +193,7 @@ def test_bad_records_in_the_dedup_topic_are_skipped_with_a_warning(
     producer.produce(topic, b"not-8-bytes!", b"k" * 16, partition=0)
     assert producer.flush(10) == 0
     reader = CompactedTopicCache(backend, topic, partitions=1)
-    with caplog.at_level("WARNING", logger="service.dedup.kafka"):
+    with caplog.at_level("WARNING", logger="service.dedup"):
         reader.on_assigned([("input", 0)])
     assert "tests.A.good" in reader and len(reader) == 1
     assert "bad key" in caplog.text and "bad value" in caplog.text

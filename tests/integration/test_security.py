@@ -39,9 +39,9 @@ from service import (
     RetryPolicy,
 )
 from service.backends.kafka import KafkaBackend
+from service.backends.kafka.dedup import CompactedTopicCache
 from service.config.loader import parse_config
 from service.config.model import Secret, reveal
-from service.dedup.kafka import CompactedTopicCache
 from service.messages import Message
 from service.metrics import ServiceMetrics
 from tests.kafka_helpers import FAST_GROUP, read_topic, unique

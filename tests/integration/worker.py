@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from service import Consumer, MessageDispatcher
-from service.dedup.kafka import CompactedTopicCache
+from service.backends.kafka.dedup import CompactedTopicCache
 from tests.kafka_helpers import kafka_backend
 from tests.payments import json_registry
 

@@ -3,13 +3,14 @@
 Runs Apache Kafka 4.x (single-node KRaft, loopback) and Apicurio Registry (Confluent API at
 ``/apis/ccompat/v7``) as plain JVM processes from the jars cached by
 ``deploy/local/kafka-local.sh fetch`` and ``deploy/local/apicurio-local.sh fetch``; a missing
-cache is fetched through those scripts (needs Maven Central once). Versions, cache locations
-and heap sizes follow the same environment variables as the scripts (``KAFKA_VERSION``,
-``KAFKA_LOCAL_CACHE``, ``KAFKA_HEAP_OPTS``, ``APICURIO_VERSION``, ``APICURIO_LOCAL_CACHE``,
-``APICURIO_HEAP_OPTS``, ``JAVA_HOME``). Kafka runs on ``JAVA_HOME`` (or ``java`` on PATH);
-Apicurio 3.3.x needs Java 21+, and its JDK is the one ``apicurio-local.sh java`` picks
-(``APICURIO_JAVA_HOME``, else ``JAVA_HOME`` if >= 21, else the newest JDK >= 21 under
-``/usr/lib/jvm``), so the script and the tests always agree.
+cache is fetched through those scripts (needs Maven Central once). The versions are the ones
+``deploy/versions.env`` names (``versions()``; ``KAFKA_VERSION`` / ``APICURIO_VERSION`` in the
+environment override it), handed to the scripts so both always agree. Cache locations and heap
+sizes follow the same environment variables as the scripts (``KAFKA_LOCAL_CACHE``,
+``KAFKA_HEAP_OPTS``, ``APICURIO_LOCAL_CACHE``, ``APICURIO_HEAP_OPTS``, ``JAVA_HOME``). Kafka
+runs on ``JAVA_HOME`` (or ``java`` on PATH); Apicurio 3.3.x needs Java 21+, and its JDK is the
+one ``apicurio-local.sh java`` picks (``APICURIO_JAVA_HOME``, else ``JAVA_HOME`` if >= 21, else
+the newest JDK >= 21 under ``/usr/lib/jvm``), so the script and the tests always agree.
 
 Usage::
 
@@ -49,6 +50,8 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEPLOY_DIR = REPO_ROOT / "deploy" / "local"
 KAFKA_SCRIPT = DEPLOY_DIR / "kafka-local.sh"
+VERSIONS_FILE = REPO_ROOT / "deploy" / "versions.env"
+_VERSION_KEYS = ("KAFKA_VERSION", "APICURIO_VERSION")
 APICURIO_SCRIPT = DEPLOY_DIR / "apicurio-local.sh"
 CCOMPAT_PATH = "/apis/ccompat/v7"
 
@@ -77,6 +80,21 @@ def sasl_client_config(
     }
 
 
+def versions() -> dict[str, str]:
+    """Return ``KAFKA_VERSION`` and ``APICURIO_VERSION``: the environment, else versions.env.
+
+    Raises:
+        RuntimeError: versions.env does not name one of them.
+    """
+    lines = VERSIONS_FILE.read_text(encoding="utf-8").splitlines()
+    pairs = (line.split("#")[0].partition("=") for line in lines)
+    named = {key.strip(): value.strip().strip("\"'") for key, _, value in pairs}
+    found = {key: os.environ.get(key) or named.get(key, "") for key in _VERSION_KEYS}
+    if missing := [key for key, value in found.items() if not value]:
+        raise RuntimeError(f"{VERSIONS_FILE} does not name {', '.join(missing)}")
+    return found
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -93,6 +111,7 @@ def _run_script(script: pathlib.Path, command: str, timeout: float) -> str:
     try:
         res = subprocess.run(
             ["bash", str(script), command],
+            env={**os.environ, **versions()},
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -233,6 +252,9 @@ def local_kafka(
     produced to a probe topic, which is deleted again.
     """
     lib = _cached_dir(KAFKA_SCRIPT, "libdir")
+    version = versions()["KAFKA_VERSION"]
+    if not (lib / f"kafka_2.13-{version}.jar").is_file():
+        raise RuntimeError(f"{lib} holds no kafka_2.13-{version}.jar (KAFKA_VERSION {version})")
     java = _java()
     workdir = workdir.resolve()
     data = workdir / "data"
@@ -310,7 +332,8 @@ def local_kafka(
                     last_error = str(exc)
             time.sleep(0.2)
         logger.info(
-            "kafka ready on %s (sasl=%s, pid %d) in %.1fs",
+            "kafka %s ready on %s (sasl=%s, pid %d) in %.1fs",
+            version,
             bootstrap,
             sasl,
             proc.pid,
@@ -405,7 +428,8 @@ def local_schema_registry(workdir: pathlib.Path, *, start_timeout: float = 120.0
                 break
             time.sleep(0.2)
         logger.info(
-            "schema registry ready on %s (pid %d) in %.1fs",
+            "apicurio %s ready on %s (pid %d) in %.1fs",
+            versions()["APICURIO_VERSION"],
             url,
             proc.pid,
             time.monotonic() - started,

@@ -25,6 +25,19 @@ def test_in_memory_cache_expires_keys() -> None:
     assert "b" not in cache
 
 
+def test_in_memory_cache_poll_evicts_expired_keys_oldest_first() -> None:
+    clock = FakeClock()
+    cache = InMemoryCache(default_expire=10, clock=clock)
+    for i in range(100):
+        cache.store(f"k{i}", "v")
+        clock.now += 0.1
+    cache.poll()
+    assert len(cache) == 100
+    clock.now = 100.0 + 10 + 5  # the first 51 have expired
+    cache.poll()
+    assert len(cache) == 49 and "k51" in cache
+
+
 def test_in_memory_cache_is_bounded_evicting_oldest() -> None:
     cache = InMemoryCache(max_entries=2)
     for key in "abc":

@@ -15,6 +15,7 @@ from service import (
     DispatchOutcome,
     InMemoryBackend,
     InMemoryCache,
+    Message,
     MessageDispatcher,
     MissingHeaderError,
     NullCache,
@@ -63,9 +64,25 @@ class OtherRecorder(Recorder):
     """A second consumer class, so that names (and dedup keys) differ."""
 
 
+class Outcomes:
+    """An observer that records how each message was settled."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[tuple[int, DispatchOutcome]] = []
+
+    def polled(self, count: int) -> None:
+        pass
+
+    def consumer_outcome(self, consumer: str, outcome: str) -> None:
+        pass
+
+    def message_outcome(self, message: Message, outcome: DispatchOutcome, seconds: float) -> None:
+        self.outcomes.append((message.attempt, outcome))
+
+
 def make(*consumers: Consumer, **options: Any) -> tuple[InMemoryBackend, MessageDispatcher]:
     backend = InMemoryBackend()
-    backend.bind(QUEUE, "payments-topic")
+    backend.bind(QUEUE, "payments-topic", "other-topic")
     dispatcher = MessageDispatcher(json_registry(), backend=backend, **options)
     for c in consumers:
         dispatcher.attach_consumer(c)
@@ -111,11 +128,9 @@ def test_message_no_consumer_accepts_is_acknowledged_without_decoding() -> None:
     # garbage bytes: decoding would fail and dead-letter it, so acking proves no decode
     headers = (("serializer_id", b"1"), ("manifest", b"DoPayment"), ("message_id", b"x"))
     backend.publish_raw("payments-topic", b"\x00garbage", headers=headers)
-    outcomes: list[DispatchOutcome] = []
-    with backend.subscribe(QUEUE) as sub:
-        for m in sub.poll(10, 0) or []:
-            outcomes.append(dispatcher.dispatch(sub, m))
-    assert outcomes == [DispatchOutcome.SKIPPED]
+    dispatcher.observer = observer = Outcomes()
+    dispatcher.consume_loop(QUEUE)
+    assert observer.outcomes == [(1, DispatchOutcome.SKIPPED)]
     assert backend.pending(QUEUE) == [] and backend.dead_letters(QUEUE) == []
     assert recorder.seen == []
 
@@ -132,7 +147,7 @@ def test_consume_loop_returns_when_drained_and_unattach_stops_delivery() -> None
     assert [m.amount for m, _ in recorder.seen] == [1]
 
 
-def test_stop_returns_after_the_message_in_hand_and_the_rest_is_redelivered() -> None:
+def test_stop_returns_after_the_messages_in_hand_and_the_rest_is_delivered_again() -> None:
     backend = InMemoryBackend()
     seen: list[int] = []
     dispatcher: MessageDispatcher
@@ -142,13 +157,13 @@ def test_stop_returns_after_the_message_in_hand_and_the_rest_is_redelivered() ->
         if message.amount == 2:
             dispatcher.stop()
 
-    dispatcher = MessageDispatcher(json_registry(), backend=backend)
+    dispatcher = MessageDispatcher(json_registry(), backend=backend, poll_batch=1)
     dispatcher.attach_consumer(Consumer(on_message=on_message))
     for amount in range(1, 6):
         publisher(backend).publish(QUEUE, DoPayment("o", amount))
     dispatcher.consume_loop(QUEUE)
     assert seen == [1, 2]
-    assert [m.offset for m in backend.pending(QUEUE)] == [2, 3, 4]
+    assert backend.committed(QUEUE) == {(QUEUE, 0): 2}  # the next member starts at 3
     dispatcher.consume_loop(QUEUE)
     assert seen == [1, 2, 3, 4, 5]
     assert backend.pending(QUEUE) == []
@@ -233,22 +248,26 @@ def test_duplicate_message_id_is_processed_once_and_both_are_acknowledged() -> N
 
 def test_failed_consumer_does_not_store_its_key() -> None:
     cache = InMemoryCache()
-    backend, dispatcher = make(Recorder(failures=1), cache=cache)
+    backend, dispatcher = make(Recorder(failures=9), cache=cache, retry=RetryPolicy(max_attempts=2))
     publisher(backend).publish("payments-topic", DoPayment("o", 1), message_id="m")
     dispatcher.consume_loop(QUEUE)
     assert "tests.unit.test_dispatcher.Recorder.m" not in cache
 
 
 # 6. acknowledgement ----------------------------------------------------------------------
-def test_failed_message_is_not_acknowledged_and_is_delivered_again() -> None:
+def test_failed_message_is_not_acknowledged_and_is_delivered_again_by_the_same_loop() -> None:
     recorder = Recorder(failures=1)
     backend, dispatcher = make(recorder)
+    dispatcher.observer = observer = Outcomes()
     publisher(backend).publish("payments-topic", DoPayment("o", 1))
+    publisher(backend).publish("payments-topic", DoPayment("o", 2))
     dispatcher.consume_loop(QUEUE)
-    [pending] = backend.pending(QUEUE)
-    assert pending.attempt == 1
-    dispatcher.consume_loop(QUEUE)
-    assert len(recorder.seen) == 1
+    assert observer.outcomes == [
+        (1, DispatchOutcome.RETRIED),
+        (2, DispatchOutcome.ACKNOWLEDGED),  # the backoff passed on the backend's clock
+        (1, DispatchOutcome.ACKNOWLEDGED),  # the next one waited behind it
+    ]
+    assert [m.amount for m, _ in recorder.seen] == [1, 2]
     assert backend.pending(QUEUE) == []
 
 
@@ -256,8 +275,6 @@ def test_redelivery_runs_only_consumers_that_did_not_succeed_even_with_null_cach
     good, flaky = Recorder(), OtherRecorder(failures=1)
     backend, dispatcher = make(good, flaky, cache=NullCache())
     publisher(backend).publish("payments-topic", DoPayment("o", 1))
-    dispatcher.consume_loop(QUEUE)
-    assert (len(good.seen), len(flaky.seen)) == (1, 0)
     dispatcher.consume_loop(QUEUE)
     assert (len(good.seen), len(flaky.seen)) == (1, 1)
     assert backend.pending(QUEUE) == []
@@ -267,10 +284,9 @@ def test_success_bookkeeping_is_bounded() -> None:
     good, flaky = Recorder(), OtherRecorder(failures=2)
     backend, dispatcher = make(good, flaky, remembered_records=1)
     publisher(backend).publish("payments-topic", DoPayment("o", 1))
-    publisher(backend).publish("payments-topic", DoPayment("o", 2))
-    dispatcher.consume_loop(QUEUE)  # both fail in flaky; only the 2nd record is remembered
-    dispatcher.consume_loop(QUEUE)
-    assert sorted(m.amount for m, _ in good.seen) == [1, 1, 2]  # record 1 was forgotten
+    publisher(backend).publish("other-topic", DoPayment("o", 2))  # another partition
+    dispatcher.consume_loop(QUEUE)  # both fail in flaky first; only one is remembered
+    assert sorted(m.amount for m, _ in good.seen) in ([1, 1, 2], [1, 2, 2])  # one forgotten
 
 
 def test_always_ack_acknowledges_despite_failure() -> None:
@@ -301,8 +317,7 @@ def test_message_is_dead_lettered_after_the_last_attempt_naming_failing_consumer
     good, bad = Recorder(), OtherRecorder(failures=99)
     backend, dispatcher = make(good, bad, retry=RetryPolicy(max_attempts=3))
     publisher(backend).publish("payments-topic", DoPayment("o", 1))
-    for _ in range(3):
-        dispatcher.consume_loop(QUEUE)
+    dispatcher.consume_loop(QUEUE)
     [dead] = backend.dead_letters(QUEUE)
     assert dead.reason_detail.attempts == 3
     assert dead.reason_detail.failing_consumers == ("tests.unit.test_dispatcher.OtherRecorder",)
@@ -312,33 +327,48 @@ def test_message_is_dead_lettered_after_the_last_attempt_naming_failing_consumer
 
 
 class BrokenCache(InMemoryCache):
-    def __init__(self, fail_reads: bool) -> None:
+    """Unreachable for its first ``failures`` reads (``fail_reads``) or writes."""
+
+    def __init__(self, fail_reads: bool, failures: int) -> None:
         super().__init__()
         self.fail_reads = fail_reads
+        self.failures = failures
+
+    def _fail(self) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("store unreachable")
 
     def get(self, key: str, *, partition: int | None = None) -> str | None:
         if self.fail_reads:
-            raise ConnectionError("store unreachable")
+            self._fail()
         return super().get(key, partition=partition)
 
     def store(
         self, key: str, value: str, expire: float | None = None, *, partition: int | None = None
     ) -> None:
-        raise ConnectionError("store unreachable")
+        if not self.fail_reads:
+            self._fail()
+        super().store(key, value, expire, partition=partition)
 
 
 @pytest.mark.parametrize("fail_reads", [True, False])
 def test_unusable_dedup_store_means_retry_not_ack(fail_reads: bool) -> None:
     recorder = Recorder()
-    backend, dispatcher = make(recorder, cache=BrokenCache(fail_reads))
+    backend, dispatcher = make(
+        recorder, cache=BrokenCache(fail_reads, failures=6), retry=RetryPolicy(max_attempts=2)
+    )
+    dispatcher.observer = observer = Outcomes()
     publisher(backend).publish("payments-topic", DoPayment("o", 1))
     errors: list[Exception] = []
     dispatcher.consume_loop(QUEUE, on_exception=errors.append)
-    assert [type(e) for e in errors] == [DeduplicationStoreError]
-    assert len(backend.pending(QUEUE)) == 1
-    assert len(recorder.seen) == (0 if fail_reads else 1)
-    dispatcher.consume_loop(QUEUE)
-    assert len(recorder.seen) == (0 if fail_reads else 1)  # never re-run after success
+    assert [type(e) for e in errors] == [DeduplicationStoreError] * 6
+    # retried past max_attempts (the store's failure may pass), never acknowledged meanwhile
+    assert [outcome for _, outcome in observer.outcomes] == [DispatchOutcome.RETRIED] * 6 + [
+        DispatchOutcome.ACKNOWLEDGED
+    ]
+    assert len(recorder.seen) == 1  # never re-run after its success
+    assert backend.pending(QUEUE) == [] and backend.dead_letters(QUEUE) == []
 
 
 # 7. callbacks ----------------------------------------------------------------------------
@@ -360,7 +390,7 @@ def test_on_exception_gets_each_consumer_error_and_after_consume_runs_per_messag
         "OtherRecorder",
     ]
     assert isinstance(errors[0].__cause__, RuntimeError)
-    assert len(calls) == 3
+    assert len(calls) == 4  # per settled message: the first one's retry counts
 
 
 def test_raising_accepts_counts_as_a_failure_not_a_skip() -> None:
@@ -371,12 +401,13 @@ def test_raising_accepts_counts_as_a_failure_not_a_skip() -> None:
         def accepts(self, manifest: str) -> bool:
             raise ValueError("bad accepts")
 
-    backend, dispatcher = make(Picky())
+    backend, dispatcher = make(Picky(), retry=RetryPolicy(max_attempts=2))
     publisher(backend).publish("payments-topic", DoPayment("o", 1))
     errors: list[Exception] = []
     dispatcher.consume_loop(QUEUE, on_exception=errors.append)
-    assert [type(e) for e in errors] == [ConsumerError]
-    assert len(backend.pending(QUEUE)) == 1
+    assert [type(e) for e in errors] == [ConsumerError, ConsumerError]
+    [dead] = backend.dead_letters(QUEUE)
+    assert dead.reason_detail.failing_consumers == (Picky().name,)
 
 
 def test_link_synchronously_processes_on_publish() -> None:
@@ -402,10 +433,10 @@ def test_errors_that_may_pass_are_retried_past_max_attempts_never_dead_lettered(
             raise transient
 
     backend, dispatcher = make(Consumer(on_message=on_message), retry=RetryPolicy(max_attempts=2))
+    dispatcher.observer = observer = Outcomes()
     publisher(backend).publish("payments-topic", DoPayment("o", 1))
-    for _ in range(5):
-        dispatcher.consume_loop(QUEUE)
-    assert backend.dead_letters(QUEUE) == [] and len(backend.pending(QUEUE)) == 1
-    assert backend.pending(QUEUE)[0].attempt == 5
     dispatcher.consume_loop(QUEUE)
-    assert backend.pending(QUEUE) == []
+    assert observer.outcomes == [(a, DispatchOutcome.RETRIED) for a in range(1, 6)] + [
+        (6, DispatchOutcome.ACKNOWLEDGED)
+    ]
+    assert backend.dead_letters(QUEUE) == [] and backend.pending(QUEUE) == []

@@ -7,8 +7,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import avro.schema
 import fastavro
 import pytest
+from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 from fastavro.read import SchemaResolutionError
 
 from service import ConfigurationError
@@ -17,6 +19,7 @@ from service.schemas import breaking_changes
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_DIR = ROOT / "schemas"
 FIXTURES = ROOT / "tests" / "fixtures" / "schemas"
+ALL_SCHEMAS = sorted([*SCHEMA_DIR.glob("*.avsc"), *FIXTURES.glob("*.avsc")])
 
 MONEY: dict[str, Any] = {
     "type": "record",
@@ -279,10 +282,38 @@ def test_record_alias_reads_a_renamed_record() -> None:
 def test_dotted_name_equals_name_plus_namespace() -> None:
     dotted = {"type": "record", "name": "payments.DoPayment", "fields": []}
     assert breaking_changes(record(), dotted) == []
+
+
+def test_records_match_by_unqualified_name_as_avro_resolves_them() -> None:
+    # Avro's resolution (its Java and Python checkers) matches the unqualified name: a record
+    # moved to another namespace still reads the old data.
     other = {"type": "record", "name": "DoPayment", "namespace": "billing", "fields": []}
-    assert breaking_changes(record(), other) == [
-        "payments.DoPayment: record name changed from billing.DoPayment to payments.DoPayment"
+    assert breaking_changes(record(), other) == []
+    assert breaking_changes(record(name="Payment"), other) == [
+        "payments.Payment: record name changed from billing.DoPayment to payments.Payment"
     ]
+
+
+def test_an_alias_may_be_a_full_name() -> None:
+    reader = order("string", "Address")
+    reader["fields"][0]["type"]["fields"][0]["type"]["aliases"] = ["payments.Location"]
+    assert breaking_changes(reader, order("string", "Location")) == []
+    reader["fields"][0]["type"]["fields"][0]["type"]["aliases"] = ["billing.Location"]
+    assert breaking_changes(reader, order("string", "Location")) == [
+        "payments.OrderResponse.customer.address: "
+        "record name changed from payments.Location to payments.Address"
+    ]
+
+
+@pytest.mark.parametrize("reader_path", ALL_SCHEMAS, ids=lambda p: p.name)
+@pytest.mark.parametrize("writer_path", ALL_SCHEMAS, ids=lambda p: p.name)
+def test_the_verdict_is_apache_avros(reader_path: Path, writer_path: Path) -> None:
+    reader, writer = load(reader_path), load(writer_path)
+    verdict = ReaderWriterCompatibilityChecker().get_compatibility(
+        avro.schema.parse(json.dumps(reader)), avro.schema.parse(json.dumps(writer))
+    )
+    compatible = verdict.compatibility is SchemaCompatibilityType.compatible
+    assert (breaking_changes(reader, writer) == []) == compatible
 
 
 def test_named_reference_is_resolved_and_checked_at_every_use() -> None:

@@ -1,0 +1,190 @@
+"""The checkpoint: what may be committed, redeliveries as seeks, gates, attempts in notes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import pytest
+
+from service.backends.checkpoint import Checkpoint
+from service.errors import CommitError, DeduplicationStoreError
+
+TP = ("orders", 0)
+
+
+class Committer:
+    def __init__(self) -> None:
+        self.commits: list[tuple[dict[tuple[str, int], int], bool]] = []
+        self.refuse = False
+
+    def commit_offsets(self, offsets: Mapping[tuple[str, int], int], wait: bool) -> bool:
+        if self.refuse:
+            return False
+        self.commits.append((dict(offsets), wait))
+        return True
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Gate:
+    def __init__(self) -> None:
+        self.durable = True
+        self.error: Exception | None = None
+
+    def ticket(self) -> Callable[[], bool]:
+        def check() -> bool:
+            if self.error is not None:
+                raise self.error
+            return self.durable
+
+        return check
+
+    def wait(self, timeout: float) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+def checkpoint() -> tuple[Checkpoint, Committer, Clock]:
+    committer, clock = Committer(), Clock()
+    cp = Checkpoint(committer, commit_every=1, clock=clock)
+    cp.assign([TP])
+    return cp, committer, clock
+
+
+def deliver(cp: Checkpoint, *offsets: int) -> list[int]:
+    return [cp.accept(TP, o) for o in offsets]
+
+
+def test_out_of_order_completions_commit_only_below_the_lowest_undone() -> None:
+    cp, committer, _ = checkpoint()
+    assert deliver(cp, 0, 1, 2, 3) == [1, 1, 1, 1]
+    for offset in (1, 3):
+        cp.done(TP, offset)
+    cp.commit(None, wait=True)
+    assert committer.commits[-1] == ({TP: 0}, True)
+    cp.done(TP, 0)
+    cp.commit(None, wait=True)
+    assert committer.commits[-1] == ({TP: 2}, True)
+    cp.done(TP, 2)
+    cp.commit(None, wait=False)
+    assert committer.commits[-1] == ({TP: 4}, False)
+
+
+def test_two_redeliveries_in_a_partition_keep_the_lower_one_and_skip_done_work() -> None:
+    cp, committer, clock = checkpoint()
+    deliver(cp, 0, 1, 2, 3)
+    cp.redeliver(TP, 0, attempt=1, delay=1.0)
+    cp.redeliver(TP, 1, attempt=1, delay=5.0)
+    cp.done(TP, 2)  # offset 3 stays in flight
+    assert cp.is_waiting(TP)
+    assert deliver(cp, 4) == [0]  # fetched while waiting: not delivered
+    cp.commit(None, wait=True)
+    assert committer.commits[-1][0] == {TP: 0}
+    assert cp.due_seeks() == []
+    clock.now += 1.0
+    assert cp.due_seeks() == [(TP, 0)]
+    # re-read from 0: 0 is due (attempt 2); 1 is not due yet: the partition waits again
+    assert deliver(cp, 0) == [2]
+    assert deliver(cp, 1) == [0] and cp.is_waiting(TP)
+    clock.now += 4.0
+    assert cp.due_seeks() == [(TP, 1)]
+    assert deliver(cp, 1, 2, 3, 4) == [2, 0, 0, 1]  # 2 done, 3 still in flight: skipped
+    for offset in (0, 1, 3, 4):
+        cp.done(TP, offset)
+    cp.commit(None, wait=True)
+    assert committer.commits[-1][0] == {TP: 5}
+
+
+def test_released_work_comes_back_as_the_same_attempt() -> None:
+    cp, _, _ = checkpoint()
+    deliver(cp, 0, 1)
+    cp.release(TP, 1, attempt=3)
+    assert cp.due_seeks() == [(TP, 1)]
+    assert deliver(cp, 1) == [3]
+
+
+def test_stale_settles_are_ignored_and_a_reassignment_starts_afresh() -> None:
+    cp, committer, _ = checkpoint()
+    deliver(cp, 0, 1)
+    cp.lose([TP])
+    cp.done(TP, 0)
+    cp.redeliver(TP, 1, attempt=1, delay=0)
+    cp.commit(None, wait=True)
+    assert committer.commits == []
+    cp.assign([TP])
+    assert not cp.is_waiting(TP)
+    assert deliver(cp, 0) == [1]
+
+
+def test_a_gate_holds_an_async_commit_until_durable_and_a_failing_gate_raises() -> None:
+    cp, committer, _ = checkpoint()
+    gate = Gate()
+    cp.add_gate(gate)
+    deliver(cp, 0)
+    gate.durable = False
+    cp.done(TP, 0)
+    cp.maybe_commit()
+    assert committer.commits == []  # deferred
+    gate.durable = True
+    cp.maybe_commit()
+    assert committer.commits == [({TP: 1}, False)]
+    deliver(cp, 1)
+    cp.done(TP, 1)
+    gate.error = DeduplicationStoreError("entry refused")
+    with pytest.raises(CommitError, match="entry refused"):
+        cp.maybe_commit()
+    with pytest.raises(CommitError, match="entry refused"):
+        cp.revoke([TP])
+    assert TP not in cp.partitions  # forgotten all the same
+    assert committer.commits == [({TP: 1}, False)]
+
+
+def test_a_refused_commit_is_not_remembered_as_committed() -> None:
+    cp, committer, _ = checkpoint()
+    deliver(cp, 0)
+    cp.done(TP, 0)
+    committer.refuse = True
+    cp.commit(None, wait=True)
+    committer.refuse = False
+    cp.commit(None, wait=True)
+    assert committer.commits == [({TP: 1}, True)]
+
+
+def test_failed_attempts_travel_in_the_commit_note_to_the_next_owner() -> None:
+    cp, committer, _ = checkpoint()
+    deliver(cp, 0, 1)
+    cp.done(TP, 1)
+    cp.redeliver(TP, 0, attempt=2, delay=10)  # the second delivery failed
+    cp.commit(None, wait=True)
+    note = cp.note(TP)
+    assert committer.commits[-1][0] == {TP: 0} and note == "a1 0:2"
+    nxt, _, _ = checkpoint()
+    nxt.assign([TP], {TP: note})
+    assert deliver(nxt, 0, 1) == [3, 1]
+    assert nxt.note(TP) == "a1 0:2"  # kept while in flight
+    nxt.done(TP, 0)
+    assert nxt.note(TP) == ""
+    other, _, _ = checkpoint()
+    for garbage in ("garbage:1 x", "a1 0:2\u00b2", "a1 \u0660:1", "a1 0:99999999", "a1 :"):
+        other.assign([TP], {TP: garbage})
+        assert deliver(other, 0) == [1], garbage
+
+
+def test_an_awaited_offset_gone_from_the_log_does_not_stall_the_commit() -> None:
+    cp, committer, _ = checkpoint()
+    deliver(cp, 0, 1, 2)
+    cp.done(TP, 0)
+    cp.done(TP, 2)
+    cp.redeliver(TP, 1, attempt=1, delay=0)
+    assert cp.due_seeks() == [(TP, 1)]
+    # the re-read starts at 3: offset 1 was deleted (retention, DeleteRecords)
+    assert deliver(cp, 3) == [1]
+    cp.done(TP, 3)
+    cp.commit(None, wait=True)
+    assert committer.commits[-1][0] == {TP: 4}
