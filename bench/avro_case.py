@@ -1,9 +1,16 @@
-"""The Avro case: raw ``consume(1000)`` + fastavro decode vs the dispatcher, same records."""
+"""The Avro case: ``payments.DoPayment`` records (Confluent wire format) into the dataclass.
+
+raw: ``consume(1000)``, headers read, fastavro's ``schemaless_reader`` with the parsed schema
+cached (passed as writer and reader schema: fastavro's fastest call), and the ``DoPayment``
+(with its ``Money`` and ``PaymentMethod``) built from the record; the dispatcher: the
+``AvroSerializer`` with ``DoPayment`` bound, a no-op consumer.
+"""
 
 from __future__ import annotations
 
 import io
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +47,39 @@ def publish(bootstrap: str, registry_url: str, topic: str, count: int) -> None:
     backend.flush(120)
 
 
-def raw_loop(bootstrap: str, topic: str, count: int) -> float:
-    """The raw baseline for Avro: fastavro decode of each value with a cached schema."""
+def decoder() -> Callable[[bytes], pm.DoPayment]:
+    """The raw loop's decoding: fastavro with a cached schema, then the dataclass."""
     schema = SchemaCatalog(ROOT / "schemas")["payments.DoPayment"].parsed
+    reader, money, method, payment = (
+        fastavro.schemaless_reader,
+        pm.Money,
+        pm.PaymentMethod,
+        pm.DoPayment,
+    )
 
-    def decode(value: bytes) -> Any:
+    def decode(value: bytes) -> pm.DoPayment:
         stream = io.BytesIO(value)
-        stream.seek(5)
-        return fastavro.schemaless_reader(stream, schema, None)
+        stream.seek(5)  # magic byte + schema id
+        # the schema as both writer and reader: measured ~2x faster than reader None
+        record: dict[str, Any] = reader(stream, schema, schema)  # type: ignore[assignment]
+        amount = record["amount"]
+        return payment(
+            record["payment_id"],
+            record["order_id"],
+            money(amount["amount"], amount["currency"]),
+            method(record["method"]),
+            record["merchant_reference"],
+            record["requested_at"],
+            record["metadata"],
+            record["note"],
+        )
 
-    return raw_rate(bootstrap, topic, count, decode)
+    return decode
+
+
+def raw_loop(bootstrap: str, topic: str, count: int) -> float:
+    """The raw baseline for Avro: fastavro into ``DoPayment``, as :func:`decoder`."""
+    return raw_rate(bootstrap, topic, count, decoder())
 
 
 def dispatcher_loop(bootstrap: str, registry_url: str, topic: str, count: int) -> float:

@@ -1,4 +1,13 @@
-"""End-to-end latency (publish to processed) at a fixed rate: p50 and p99."""
+"""End-to-end latency (publish to processed) at a fixed rate: p50 and p99.
+
+The producer runs in its own process (as in production: no GIL shared with the consumer)
+and stamps each record with its send time. It first writes one warm-up record to each
+partition and waits; the clock starts only once the consumer has received all of them, so
+the group join and the first fetches are never counted as latency. The dispatcher runs with
+the service's consumer defaults, the raw loop with :data:`bench.settings.RAW_CONSUMER`; both
+parse the same JSON. The producer also reports the broker's acknowledgement p99
+(:data:`ACKS`): on a busy machine the broker alone can take longer than a latency target.
+"""
 
 from __future__ import annotations
 
@@ -8,50 +17,90 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer as RawConsumer
 from confluent_kafka import Producer
 
+from bench.settings import RAW_BATCH, RAW_CONSUMER
 from service import Consumer, JsonSerializer, MessageDispatcher, SerializerRegistry
 from service.backends.kafka import KafkaBackend
 
-LOW_LATENCY = {"fetch.wait.max.ms": 5, "fetch.min.bytes": 1}
+PARTITIONS = 6
+_READY_TIMEOUT = 60.0  # seconds to wait for the consumer to receive the warm-up records
 
 
 class _Clock(Consumer):
     def __init__(self, target: int) -> None:
         super().__init__()
         self.latencies: list[float] = []
+        self.warm = 0
+        self.last = 0.0
         self.target = target
         self.dispatcher: MessageDispatcher | None = None
 
     def process(self, message: Any, **kwargs: Any) -> None:
         if message.get("warmup"):
+            self.warm += 1
             return
-        self.latencies.append(time.time() - message["sent"])
+        self.last = time.time()
+        self.latencies.append(self.last - message["sent"])
         if len(self.latencies) == self.target and self.dispatcher is not None:
             self.dispatcher.stop()
+
+
+ACKS: list[float] = []
+"""The broker's acknowledgement p99 (ms) seen by each producer process, in order: the part
+of publish->processed no consumer can do anything about."""
+
+
+def _publish(
+    bootstrap: str, topic: str, rate: float, count: int, ready: Callable[[], bool]
+) -> float:
+    """Run the producer process; tell it to start once ``ready()``; the time it started."""
+    producer = subprocess.Popen(  # noqa: S603 - our own module, our own arguments
+        [sys.executable, "-m", "bench.latency_case", bootstrap, topic, str(rate), str(count)],
+        cwd=Path(__file__).resolve().parents[1],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert producer.stdin is not None and producer.stdout is not None
+    deadline = time.monotonic() + _READY_TIMEOUT
+    while not ready() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = time.time()
+    producer.stdin.write(b"go\n")
+    producer.stdin.close()
+    answer = producer.stdout.read()
+    if producer.wait(timeout=600):
+        raise SystemExit(f"latency producer failed with exit code {producer.returncode}")
+    ACKS.append(json.loads(answer.decode().strip().splitlines()[-1])["ack_p99_ms"])
+    return started
+
+
+def _percentiles(latencies: list[float]) -> tuple[float, float]:
+    if not latencies:
+        return float("nan"), float("nan")
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return ordered[len(ordered) // 2] * 1000, p99 * 1000
 
 
 def max_rate(bootstrap: str, count: int = 100_000) -> float:
     """Messages/s the whole pipeline sustains: a producer process publishing as fast as it
     can while the dispatcher consumes (first publish to last processed)."""
-    started = time.time()
-    measure(bootstrap, 0, count=count)
-    return count / (time.time() - started - _SETTLE)
-
-
-_SETTLE = 3.0  # seconds measure() waits for the group before publishing
+    return measure(bootstrap, 0, count=count)[3]
 
 
 def measure(
     bootstrap: str, rate: float, seconds: float = 0, count: int | None = None
-) -> tuple[float, float, int]:
-    """(p50 ms, p99 ms, messages) publishing at ``rate`` messages/s (0: flat out)."""
+) -> tuple[float, float, int, float]:
+    """(p50 ms, p99 ms, messages, messages/s processed) of the dispatcher, publishing at
+    ``rate`` messages/s (0: flat out) for ``seconds`` or ``count`` messages."""
     topic = f"bench-latency-{uuid.uuid4().hex[:8]}"
-    backend = KafkaBackend(bootstrap, partitions=6, consumer_config=LOW_LATENCY)
+    backend = KafkaBackend(bootstrap, partitions=PARTITIONS)
     backend.declare_queue(topic)
     count = count if count is not None else int(rate * seconds)
     clock = _Clock(count)
@@ -64,69 +113,52 @@ def measure(
     dispatcher.attach_consumer(clock)
     loop = threading.Thread(target=dispatcher.consume_loop, args=(topic,))
     loop.start()
-    time.sleep(_SETTLE)  # the group is joined and partitions assigned
-    # the producer runs in its own process, as in production: no GIL shared with the consumer
-    subprocess.run(  # noqa: S603 - our own module, our own arguments
-        [sys.executable, "-m", "bench.latency_case", bootstrap, topic, str(rate), str(count)],
-        cwd=Path(__file__).resolve().parents[1],
-        check=True,
-        timeout=600,
-    )
+    started = _publish(bootstrap, topic, rate, count, lambda: clock.warm >= PARTITIONS)
     loop.join(60)
     dispatcher.stop()
     loop.join(10)
     backend.close()
-    latencies = sorted(clock.latencies)
-    if not latencies:
-        return float("nan"), float("nan"), 0
-    p50 = latencies[len(latencies) // 2] * 1000
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
-    return p50, p99, len(latencies)
+    p50, p99 = _percentiles(clock.latencies)
+    done = len(clock.latencies)
+    return p50, p99, done, done / max(clock.last - started, 1e-9)
 
 
 def raw_measure(bootstrap: str, rate: float, count: int) -> tuple[float, float]:
     """(p50 ms, p99 ms) of a raw confluent-kafka ``consume(1000)`` loop, same set-up."""
     topic = f"bench-latency-raw-{uuid.uuid4().hex[:8]}"
-    KafkaBackend(bootstrap, partitions=6).declare_topic(topic)
+    KafkaBackend(bootstrap, partitions=PARTITIONS).declare_topic(topic)
     consumer = RawConsumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": uuid.uuid4().hex,
-            "auto.offset.reset": "earliest",
-            **LOW_LATENCY,
-        }
+        {"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex, **RAW_CONSUMER}
     )
     consumer.subscribe([topic])
     latencies: list[float] = []
+    warm = [0]
 
     def loop() -> None:
         deadline = time.monotonic() + 600
         while len(latencies) < count and time.monotonic() < deadline:
-            for record in consumer.consume(1000, 0.05):
+            for record in consumer.consume(RAW_BATCH, 0.05):
                 if record.error() is None:
+                    record.headers()
                     body = json.loads(record.value() or b"{}")
-                    if not body.get("warmup"):
+                    if body.get("warmup"):
+                        warm[0] += 1
+                    else:
                         latencies.append(time.time() - body["sent"])
 
     thread = threading.Thread(target=loop)
     thread.start()
-    time.sleep(_SETTLE)
-    subprocess.run(  # noqa: S603 - our own module, our own arguments
-        [sys.executable, "-m", "bench.latency_case", bootstrap, topic, str(rate), str(count)],
-        cwd=Path(__file__).resolve().parents[1],
-        check=True,
-        timeout=600,
-    )
+    _publish(bootstrap, topic, rate, count, lambda: warm[0] >= PARTITIONS)
     thread.join(120)
     consumer.close()
-    latencies.sort()
-    return latencies[len(latencies) // 2] * 1000, latencies[int(len(latencies) * 0.99)] * 1000
+    return _percentiles(latencies)
 
 
 def produce(bootstrap: str, topic: str, rate: float, count: int) -> None:
-    """Publish ``count`` stamped messages at ``rate`` per second (the producer process)."""
+    """The producer process: warm-up records, wait for ``go`` on stdin, then ``count``
+    stamped records at ``rate`` per second (0: as fast as it can)."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
-    for partition in range(6):  # connections and metadata ready before the clock starts
+    for partition in range(PARTITIONS):  # connections, metadata and the group ready first
         producer.produce(
             topic,
             b'{"warmup": true}',
@@ -134,6 +166,8 @@ def produce(bootstrap: str, topic: str, rate: float, count: int) -> None:
             headers=[("serializer_id", b"1"), ("manifest", b"dict"), ("message_id", b"warmup")],
         )
     producer.flush(10)
+    sys.stdin.readline()
+    acks: list[float] = []
     started = time.perf_counter()
     for i in range(count):
         pause = started + i / rate - time.perf_counter() if rate else 0
@@ -144,10 +178,21 @@ def produce(bootstrap: str, topic: str, rate: float, count: int) -> None:
             ("manifest", b"dict"),
             ("message_id", uuid.uuid4().hex.encode()),
         ]
-        body = json.dumps({"n": i, "sent": time.time()}).encode()
-        producer.produce(topic, body, f"k{i % 64}", headers=headers)
+        sent = time.time()
+        body = json.dumps({"n": i, "sent": sent}).encode()
+
+        def acked(error: Any, record: Any, sent: float = sent) -> None:
+            acks.append(time.time() - sent)
+
+        while True:
+            try:
+                producer.produce(topic, body, f"k{i % 64}", headers=headers, on_delivery=acked)
+                break
+            except BufferError:
+                producer.poll(0.01)
         producer.poll(0)
     producer.flush(30)
+    print(json.dumps({"ack_p99_ms": _percentiles(acks)[1]}))
 
 
 if __name__ == "__main__":
