@@ -18,7 +18,7 @@
 # tests/support/local_brokers.py asks this script ("java") so both pick the same one.
 #
 # Environment:
-#   APICURIO_VERSION      default 3.3.3 (artifact io.apicurio:apicurio-registry-app:<v>:tar.gz:all)
+#   APICURIO_VERSION      default: deploy/versions.env (artifact io.apicurio:apicurio-registry-app:<v>:tar.gz:all)
 #   APICURIO_LOCAL_CACHE  default $HOME/.cache/kafka-service/apicurio-$APICURIO_VERSION
 #   APICURIO_JAVA_HOME    JDK (>= 21) to run the registry on (default: see "Java" above)
 #   WORK                  work dir: log, pid (default <repo>/.local/apicurio)
@@ -30,7 +30,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$HERE/../.." && pwd)
-APICURIO_VERSION=${APICURIO_VERSION:-3.3.3}
+# shellcheck source-path=SCRIPTDIR source=versions.sh
+. "$HERE/versions.sh" # APICURIO_VERSION: the environment, else deploy/versions.env
 CACHE=${APICURIO_LOCAL_CACHE:-$HOME/.cache/kafka-service/apicurio-$APICURIO_VERSION}
 WORK=${WORK:-$REPO_ROOT/.local/apicurio}
 case $WORK in /*) ;; *) WORK=$PWD/$WORK ;; esac

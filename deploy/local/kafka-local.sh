@@ -11,7 +11,7 @@
 #   libdir  print the lib directory (no network)
 #
 # Environment:
-#   KAFKA_VERSION       org.apache.kafka:kafka_2.13 version (default 4.3.1)
+#   KAFKA_VERSION       org.apache.kafka:kafka_2.13 version (default: deploy/versions.env)
 #   KAFKA_LOCAL_CACHE   cache dir (default $HOME/.cache/kafka-service/kafka-$KAFKA_VERSION)
 #   WORK                work dir: config, data, logs, pid (default <repo>/.local/kafka)
 #   PORT, CPORT         client / controller port (default: free ports picked at start)
@@ -24,7 +24,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$HERE/../.." && pwd)
-KAFKA_VERSION=${KAFKA_VERSION:-4.3.1}
+# shellcheck source-path=SCRIPTDIR source=versions.sh
+. "$HERE/versions.sh" # KAFKA_VERSION: the environment, else deploy/versions.env
 CACHE=${KAFKA_LOCAL_CACHE:-$HOME/.cache/kafka-service/kafka-$KAFKA_VERSION}
 LIB=$CACHE/lib
 WORK=${WORK:-$REPO_ROOT/.local/kafka}
