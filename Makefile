@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test unit lint typecheck fetch kafka-up kafka-down bench demo demo-stop chaos
+.PHONY: install deps test unit lint typecheck fetch kafka-up kafka-down bench demo demo-stop chaos
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -11,7 +11,10 @@ $(PY):
 install: $(PY)
 	$(PY) -m pip install -q -e '.[dev]'
 
-test: install
+deps: install  ## external tools the tests need (apt: prometheus; Go: kubeconform, kustomize, compose-check; schemas), cached in .local/
+	PYTHON=$(PY) bash deploy/deps.sh
+
+test: install deps
 	$(PY) -m pytest -q
 
 unit: install
@@ -34,11 +37,17 @@ kafka-up: fetch  ## start a local broker + registry; writes .local/kafka.env
 kafka-down:
 	bash deploy/local/down.sh
 
-bench: install fetch  ## ratios against a raw confluent-kafka loop, same run; bench/results/
-	$(PY) -m pip install -q -e '.[bench]'
-	$(PY) -m bench
+QUIX := .local/bench-quix/bin/python
 
-demo: install fetch  ## broker + registry, topics, schemas, the example service, sample traffic
+$(QUIX):  ## Quix Streams pins confluent-kafka < 2.13: its own venv, not the service's
+	$(PYTHON) -m venv .local/bench-quix
+	$(QUIX) -m pip install -q 'quixstreams==3.28.1'
+
+bench: install fetch $(QUIX)  ## issue 16's table, baselines at their best, same run; bench/results/
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m bench $(BENCH_ARGS)
+
+demo: install fetch deps  ## broker + registry, topics, schemas, the example service, sample traffic
 	bash deploy/local/demo.sh
 
 demo-stop:
@@ -46,4 +55,22 @@ demo-stop:
 	bash deploy/local/down.sh
 
 chaos: install fetch  ## the fault suite at full size: 100,000 messages, kills, outages
-	$(PY) -m tests.chaos.run --messages $${CHAOS_MESSAGES:-100000} --outage 10 30
+	$(PY) -m tests.chaos.run --messages $${CHAOS_MESSAGES:-100000} --outage 10 30 $(CHAOS_ARGS)
+
+# ---- containers without a registry: podman here, Docker elsewhere (docs/containers.md) ------
+.PHONY: images compose-up compose-down test-containers
+
+images:  ## local images with podman: cached Debian/python/JRE bases, service, Kafka, Apicurio, Prometheus
+	bash deploy/podman/install.sh
+	bash deploy/images/build.sh all
+
+compose-up: images $(PY)  ## docker-compose.yml under podman-compose on the local images (no Grafana)
+	$(PY) -m pip install -q -r deploy/podman/requirements.txt
+	bash deploy/podman/compose.sh up
+
+compose-down:
+	bash deploy/podman/compose.sh down
+
+test-containers: install images  ## compose group proofs; Kafka contract + e2e through testcontainers
+	$(PY) -m pip install -q -r deploy/podman/requirements.txt
+	PY=$(PY) bash deploy/podman/test-containers.sh
