@@ -9,7 +9,9 @@ Contract:
   0. If that takes longer than ``shutdown_timeout`` the process exits with 1. A second
   signal exits at once with 1: nothing done is lost, uncommitted work is delivered again;
 * a loop that dies (broker refusing credentials, dedup store failing...) stops the others
-  and :meth:`run` returns 1 after logging why.
+  and :meth:`run` returns 1 after logging why;
+* SIGUSR1 prints every thread's stack to stderr (where a loop is, when it seems stuck), as
+  the shutdown overrun does before it exits.
 """
 
 from __future__ import annotations
@@ -219,6 +221,7 @@ class ServiceRunner:
 
         for number in signals:
             signal.signal(number, on_signal)
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
         try:
             self.start()
             while not self._stopping.wait(0.5):
@@ -235,6 +238,7 @@ class ServiceRunner:
         finally:
             for number, handler in previous.items():
                 signal.signal(number, handler)
+            faulthandler.unregister(signal.SIGUSR1)
         failed = [loop for loop in self.loops if loop.error is not None]
         return 1 if failed else 0
 

@@ -347,6 +347,9 @@ class Checkpoint:
             CommitError: a gate failed (nothing is committed).
         """
         keys = self.partitions if partitions is None else partitions
+        if partitions is None:  # a partial commit (a revocation) leaves the others' work due
+            self._done_since_commit = 0
+            self._last_commit = self._clock()
         offsets: dict[TopicPartition, int] = {}
         for tp in keys:
             state = self.partitions.get(tp)
@@ -356,8 +359,6 @@ class Checkpoint:
                     position != state.committed or (state.failures and self.note(tp) != state.noted)
                 ):
                     offsets[tp] = position
-        self._done_since_commit = 0
-        self._last_commit = self._clock()
         if not offsets:
             return
         if wait:

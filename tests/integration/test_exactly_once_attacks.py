@@ -830,7 +830,11 @@ def wait_progress(
         wait_for(lambda: lag(bootstrap, queue, queue, 3, total) == 0, timeout)
     except AssertionError:
         offsets = committed(bootstrap, queue, queue, 3)
-        logs = "\n".join(p.tail(25) for p in procs)
+        for proc in procs:  # each member prints where its threads are (SIGUSR1)
+            if proc.proc.poll() is None:
+                proc.signal(signal.SIGUSR1)
+        time.sleep(1)
+        logs = "\n".join(p.tail(80) for p in procs)
         raise AssertionError(f"stalled at committed {offsets} of {total}:\n{logs}") from None
 
 

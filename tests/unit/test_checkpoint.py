@@ -188,3 +188,22 @@ def test_an_awaited_offset_gone_from_the_log_does_not_stall_the_commit() -> None
     cp.done(TP, 3)
     cp.commit(None, wait=True)
     assert committer.commits[-1][0] == {TP: 4}
+
+
+def test_a_revocation_commit_leaves_the_other_partitions_done_work_due() -> None:
+    """Work done before a revocation, in a partition kept, is committed by the next
+    maybe_commit: the revocation's commit of its own partitions does not reset the count."""
+    committer, clock = Committer(), Clock()
+    cp = Checkpoint(committer, commit_every=1000, commit_interval=0.1, clock=clock)
+    kept, revoked = ("orders", 2), ("orders", 0)
+    cp.assign([kept, revoked])
+    cp.accept(kept, 7)
+    cp.accept(revoked, 3)
+    clock.now += 1
+    cp.done(kept, 7)  # the last message of its partition: nothing more will be done there
+    cp.done(revoked, 3)
+    cp.revoke([revoked])
+    assert committer.commits == [({revoked: 4}, True)]
+    clock.now += 1
+    cp.maybe_commit()
+    assert committer.commits[-1] == ({kept: 8}, False)
