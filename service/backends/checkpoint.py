@@ -362,7 +362,7 @@ class Checkpoint:
         if not offsets:
             return
         if wait:
-            self._deferred = None
+            self._keep_deferred_except(offsets if partitions is not None else None)
             for gate in self._gates:
                 try:
                     gate.wait(self._gate_timeout)
@@ -376,12 +376,34 @@ class Checkpoint:
         else:
             self._deferred = (offsets, tickets)
 
+    def _keep_deferred_except(self, committing: Mapping[TopicPartition, int] | None) -> None:
+        """Drop the deferred commit's positions that a synchronous commit now covers.
+
+        ``committing`` None: all of them. The others' positions still wait for their tickets.
+        """
+        if self._deferred is None:
+            return
+        offsets, tickets = self._deferred
+        rest = {} if committing is None else {
+            tp: o for tp, o in offsets.items() if tp not in committing
+        }  # fmt: skip
+        self._deferred = (rest, tickets) if rest else None
+
     def commit_failed(self, partitions: Iterable[TopicPartition]) -> None:
-        """An asynchronous commit of ``partitions`` failed: commit them again next time."""
+        """An asynchronous commit of ``partitions`` failed: commit them again.
+
+        Tried again once the interval has passed, so a partition's last work is not left
+        uncommitted while its member runs.
+        """
         for tp in partitions:
             state = self.partitions.get(tp)
             if state is not None:
                 state.committed = None
+                self._rearm()
+
+    def _rearm(self) -> None:
+        """Make :meth:`maybe_commit` commit again once the interval has passed."""
+        self._done_since_commit = max(self._done_since_commit, 1)
 
     @staticmethod
     def _passes(tickets: list[Callable[[], bool]]) -> bool:
@@ -396,6 +418,7 @@ class Checkpoint:
             return
         logger.debug("committing %s (wait=%s)", live, wait)
         if not self._committer.commit_offsets(live, wait):
+            self._rearm()  # refused at once: tried again after the interval
             return
         for tp, offset in live.items():
             state = self.partitions[tp]

@@ -207,3 +207,58 @@ def test_a_revocation_commit_leaves_the_other_partitions_done_work_due() -> None
     clock.now += 1
     cp.maybe_commit()
     assert committer.commits[-1] == ({kept: 8}, False)
+
+
+def test_a_failed_async_commit_is_tried_again_after_the_interval() -> None:
+    """A commit the broker refuses in the background (e.g. ILLEGAL_GENERATION during a
+    rebalance) carrying a partition's last work is sent again, not left for good."""
+    committer, clock = Committer(), Clock()
+    cp = Checkpoint(committer, commit_every=1000, commit_interval=1.0, clock=clock)
+    cp.assign([TP])
+    cp.accept(TP, 5)
+    cp.done(TP, 5)
+    clock.now += 1.5
+    cp.maybe_commit()
+    cp.commit_failed([TP])
+    cp.maybe_commit()
+    assert len(committer.commits) == 1, "not before the interval"
+    clock.now += 1.5
+    cp.maybe_commit()
+    assert committer.commits == [({TP: 6}, False), ({TP: 6}, False)]
+
+
+def test_a_commit_refused_at_once_is_tried_again_after_the_interval() -> None:
+    committer, clock = Committer(), Clock()
+    cp = Checkpoint(committer, commit_every=1000, commit_interval=1.0, clock=clock)
+    cp.assign([TP])
+    cp.accept(TP, 5)
+    cp.done(TP, 5)
+    clock.now += 1.5
+    committer.refuse = True
+    cp.maybe_commit()
+    committer.refuse = False
+    clock.now += 1.5
+    cp.maybe_commit()
+    assert committer.commits == [({TP: 6}, False)]
+
+
+def test_a_revocation_keeps_the_deferred_commit_of_the_kept_partitions() -> None:
+    """A commit of all partitions waits for a gate (dedup entries not confirmed yet); a
+    revocation's synchronous commit in the same poll must not throw the kept ones away."""
+    committer, clock, gate = Committer(), Clock(), Gate()
+    cp = Checkpoint(committer, commit_every=1000, commit_interval=1.0, clock=clock)
+    cp.add_gate(gate)
+    kept, revoked = ("orders", 2), ("orders", 0)
+    cp.assign([kept, revoked])
+    cp.accept(kept, 7)
+    cp.accept(revoked, 3)
+    cp.done(kept, 7)
+    cp.done(revoked, 3)
+    clock.now += 1.5
+    gate.durable = False
+    cp.maybe_commit()  # deferred until the gate's ticket passes
+    cp.revoke([revoked])
+    assert committer.commits == [({revoked: 4}, True)]
+    gate.durable = True
+    cp.maybe_commit()
+    assert committer.commits[-1] == ({kept: 8}, False)
