@@ -77,6 +77,7 @@ class PartitionState:
         "recorded",
         "seek_at",
         "status",
+        "unconfirmed",
     )
 
     def __init__(self) -> None:
@@ -97,6 +98,8 @@ class PartitionState:
         """Offset -> failed deliveries an earlier owner recorded (read on assignment)."""
         self.noted = ""
         """The note committed with :attr:`committed`."""
+        self.unconfirmed = False
+        """Whether :attr:`committed` was sent asynchronously and not confirmed yet."""
 
     @property
     def position(self) -> int | None:
@@ -138,6 +141,9 @@ class Checkpoint:
         commit_interval: ...or this many seconds after the last commit.
         gate_timeout: seconds a synchronous commit waits for each gate.
         clock: monotonic seconds (the in-memory backend passes its own).
+        confirms_later: the committer answers asynchronous commits later
+            (:meth:`commit_confirmed` / :meth:`commit_failed`): until then a synchronous
+            commit (a revocation's) sends their positions again.
     """
 
     def __init__(
@@ -148,8 +154,10 @@ class Checkpoint:
         commit_interval: float = 1.0,
         gate_timeout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        confirms_later: bool = False,
     ) -> None:
         self._committer = committer
+        self._confirms_later = confirms_later
         self._every = commit_every
         self._interval = commit_interval
         self._gate_timeout = gate_timeout
@@ -159,6 +167,7 @@ class Checkpoint:
         self._gates: list[CommitGate] = []
         self._deferred: tuple[dict[TopicPartition, int], list[Callable[[], bool]]] | None = None
         self._done_since_commit = 0
+        self._retry = False  # a commit was refused: send again once the interval passed
         self._last_commit = clock()
 
     def add_gate(self, gate: CommitGate) -> None:
@@ -332,12 +341,16 @@ class Checkpoint:
                 self._send(offsets, wait=False)
             return
         if self._done_since_commit >= self._every or (
-            self._done_since_commit and self._clock() - self._last_commit >= self._interval
+            (self._done_since_commit or self._retry)
+            and self._clock() - self._last_commit >= self._interval
         ):
             self.commit(None, wait=False)
 
     def commit(self, partitions: Iterable[TopicPartition] | None, *, wait: bool) -> None:
         """Commit the positions of ``partitions`` (all if None) that moved.
+
+        A synchronous commit also sends positions whose asynchronous commit is unanswered
+        (a revocation must not rely on a commit that may still fail).
 
         Steps: (1) the positions that moved; (2) the gates - waited for when ``wait``, else
         a ticket each, and the offsets are deferred until every ticket passes; (3) send;
@@ -349,6 +362,7 @@ class Checkpoint:
         keys = self.partitions if partitions is None else partitions
         if partitions is None:  # a partial commit (a revocation) leaves the others' work due
             self._done_since_commit = 0
+            self._retry = False
             self._last_commit = self._clock()
         offsets: dict[TopicPartition, int] = {}
         for tp in keys:
@@ -356,7 +370,9 @@ class Checkpoint:
             if state is not None:
                 position = state.position
                 if position is not None and (
-                    position != state.committed or (state.failures and self.note(tp) != state.noted)
+                    position != state.committed
+                    or (wait and state.unconfirmed)
+                    or (state.failures and self.note(tp) != state.noted)
                 ):
                     offsets[tp] = position
         if not offsets:
@@ -399,11 +415,22 @@ class Checkpoint:
             state = self.partitions.get(tp)
             if state is not None:
                 state.committed = None
+                state.unconfirmed = False
                 self._rearm()
 
+    def commit_confirmed(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """The broker confirmed an asynchronous commit of ``offsets``."""
+        for tp, offset in offsets.items():
+            state = self.partitions.get(tp)
+            if state is not None and state.committed == offset:
+                state.unconfirmed = False
+
     def _rearm(self) -> None:
-        """Make :meth:`maybe_commit` commit again once the interval has passed."""
-        self._done_since_commit = max(self._done_since_commit, 1)
+        """Make :meth:`maybe_commit` commit again once the interval has passed.
+
+        Not sooner, whatever ``commit_every``: a refusing coordinator is not asked at every poll.
+        """
+        self._retry = True
 
     @staticmethod
     def _passes(tickets: list[Callable[[], bool]]) -> bool:
@@ -420,10 +447,12 @@ class Checkpoint:
         if not self._committer.commit_offsets(live, wait):
             self._rearm()  # refused at once: tried again after the interval
             return
+        unconfirmed = self._confirms_later and not wait
         for tp, offset in live.items():
             state = self.partitions[tp]
             state.committed = offset
             state.noted = self.note(tp)
+            state.unconfirmed = unconfirmed
 
 
 def _parse_note(note: str) -> dict[int, int]:

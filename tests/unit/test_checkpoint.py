@@ -262,3 +262,37 @@ def test_a_revocation_keeps_the_deferred_commit_of_the_kept_partitions() -> None
     gate.durable = True
     cp.maybe_commit()
     assert committer.commits[-1] == ({kept: 8}, False)
+
+
+def test_a_refused_commit_waits_for_the_interval_even_when_every_message_commits() -> None:
+    committer, clock = Committer(), Clock()
+    cp = Checkpoint(committer, commit_every=1, commit_interval=1.0, clock=clock)
+    cp.assign([TP])
+    cp.accept(TP, 5)
+    cp.done(TP, 5)
+    committer.refuse = True
+    for _ in range(10):
+        cp.maybe_commit()  # one refusal, then nothing until the interval passed
+    committer.refuse = False
+    cp.maybe_commit()
+    assert committer.commits == []
+    clock.now += 1.5
+    cp.maybe_commit()
+    assert committer.commits == [({TP: 6}, False)]
+
+
+def test_a_revocation_sends_again_a_position_whose_async_commit_is_unanswered() -> None:
+    """The async commit may still fail after the partition is gone: the revocation's
+    synchronous commit must not count on it; once confirmed, it need not send it again."""
+    committer, clock = Committer(), Clock()
+    cp = Checkpoint(committer, commit_every=1, clock=clock, confirms_later=True)
+    other = ("orders", 1)
+    cp.assign([TP, other])
+    for tp in (TP, other):
+        cp.accept(tp, 3)
+        cp.done(tp, 3)
+    cp.maybe_commit()
+    assert committer.commits == [({TP: 4, other: 4}, False)]
+    cp.commit_confirmed({other: 4})
+    cp.revoke([TP, other])
+    assert committer.commits[-1] == ({TP: 4}, True)

@@ -101,6 +101,7 @@ class KafkaSubscription(Subscription):
             commit_every=exactly_once.max_messages if exactly_once else backend.commit_every,
             commit_interval=exactly_once.interval if exactly_once else backend.commit_interval,
             gate_timeout=backend.dead_letter_timeout,
+            confirms_later=exactly_once is None,  # asynchronous commits, answered in _on_commit
         )
         self._transaction: Transaction | None = None
         self.transactional = exactly_once is not None
@@ -706,11 +707,21 @@ class KafkaSubscription(Subscription):
         return True
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        failed = partitions if error is not None else [tp for tp in partitions if tp.error]
+        reason = error if error is not None else next((tp.error for tp in failed), None)
         if error is None:
             self._watch.reachable()
-            return
-        logger.warning("queue %r: commit failed, will retry: %s", self.queue_name, error.str())
-        self._checkpoint.commit_failed([(tp.topic, tp.partition) for tp in partitions])
+            self._checkpoint.commit_confirmed(
+                {(tp.topic, tp.partition): tp.offset for tp in partitions if not tp.error}
+            )
+        if failed and reason is not None:
+            logger.warning(
+                "queue %r: commit of %s failed, sent again after the commit interval: %s",
+                self.queue_name,
+                _names(failed),
+                reason.str(),
+            )
+            self._checkpoint.commit_failed([(tp.topic, tp.partition) for tp in failed])
 
     def close(self) -> None:
         """Revoke what is owned (listeners, then the commit), and leave the group."""
