@@ -31,10 +31,11 @@ assigned later), later dead-letter verdicts are not carried out (the messages ar
 instead), and :attr:`ConsumeLoop.halted` says why; the loop keeps polling so the group sees a
 live member, and nothing is committed past what is done.
 
-The loop ends when the dispatcher is asked to stop (messages in hand finish, queued ones
-are delivered again later), when a finite backend has nothing more, or loudly, by raising,
-on an error it cannot pass: a commit gate failing (:class:`~service.errors.CommitError`),
-a dead letter refused for good, the broker refusing credentials, a worker's unexpected error.
+The loop ends when the dispatcher is asked to stop (messages in hand finish; queued ones,
+and the rest of a polled batch, are delivered again later), when a finite backend has
+nothing more, or loudly, by raising, on an error it cannot pass: a commit gate failing
+(:class:`~service.errors.CommitError`), a dead letter refused for good, the broker refusing
+credentials, a worker's unexpected error.
 """
 
 from __future__ import annotations
@@ -194,10 +195,10 @@ class ConsumeLoop:
         count = 0
         submit, settle, held = self._executor.submit, self._settle, self._held
         early_ack, subscription = self._early_ack, self._subscription
-        halted = self.halted is not None
+        halted, stopping = self.halted is not None, self._should_stop
         for message in batch:
             count += 1
-            if halted:
+            if halted or stopping():  # stopping: the rest of the batch is delivered again
                 subscription.release(message)
                 continue
             tp = (message.topic, message.partition)
@@ -233,10 +234,10 @@ class ConsumeLoop:
         observer, limit, after = self._observer, self._limit, self._after_consume
         clock = time.perf_counter
         count = 0
-        halted = self.halted is not None
+        halted, stopping = self.halted is not None, self._should_stop
         for message in batch:
             count += 1
-            if halted:
+            if halted or stopping():  # stopping: the rest of the batch is delivered again
                 release(message)
                 continue
             started = clock() if observer is not None else 0.0

@@ -147,7 +147,13 @@ def test_consume_loop_returns_when_drained_and_unattach_stops_delivery() -> None
     assert [m.amount for m, _ in recorder.seen] == [1]
 
 
-def test_stop_returns_after_the_messages_in_hand_and_the_rest_is_delivered_again() -> None:
+@pytest.mark.parametrize("early_ack", [False, True])
+@pytest.mark.parametrize("poll_batch", [1, 100])
+def test_stop_returns_after_the_messages_in_hand_and_the_rest_is_delivered_again(
+    poll_batch: int, early_ack: bool
+) -> None:
+    """The rest of a polled batch is not "in hand": a SIGTERM during a large batch of slow
+    messages must not wait for all of them (past the shutdown timeout)."""
     backend = InMemoryBackend()
     seen: list[int] = []
     dispatcher: MessageDispatcher
@@ -157,7 +163,9 @@ def test_stop_returns_after_the_messages_in_hand_and_the_rest_is_delivered_again
         if message.amount == 2:
             dispatcher.stop()
 
-    dispatcher = MessageDispatcher(json_registry(), backend=backend, poll_batch=1)
+    dispatcher = MessageDispatcher(
+        json_registry(), backend=backend, poll_batch=poll_batch, early_ack=early_ack
+    )
     dispatcher.attach_consumer(Consumer(on_message=on_message))
     for amount in range(1, 6):
         publisher(backend).publish(QUEUE, DoPayment("o", amount))
