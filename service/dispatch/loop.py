@@ -28,7 +28,8 @@ owner runs the message again). A lost assignment drops and abandons at once.
 With a :class:`~service.dispatch.flood.DeadLetterLimit`, a queue that dead-letters too much
 halts: its queued and held work is handed back, its partitions are paused (also those
 assigned later), later dead-letter verdicts are not carried out (the messages are handed back
-instead), and :attr:`ConsumeLoop.halted` says why; the loop keeps polling so the group sees a
+instead; with ``early_ack`` they were acknowledged when taken, so their dead letters are
+written), and :attr:`ConsumeLoop.halted` says why; the loop keeps polling so the group sees a
 live member, and nothing is committed past what is done.
 
 The loop ends when the dispatcher is asked to stop (messages in hand finish; queued ones,
@@ -195,10 +196,12 @@ class ConsumeLoop:
         count = 0
         submit, settle, held = self._executor.submit, self._settle, self._held
         early_ack, subscription = self._early_ack, self._subscription
-        halted, stopping = self.halted is not None, self._should_stop
+        limit, stopping = self._limit, self._should_stop
         for message in batch:
             count += 1
-            if halted or stopping():  # stopping: the rest of the batch is delivered again
+            # halted (read per message: a settle may trip the limit) or stopping: the rest of
+            # the batch is delivered again
+            if (limit is not None and limit.tripped) or stopping():
                 subscription.release(message)
                 continue
             tp = (message.topic, message.partition)
@@ -302,7 +305,12 @@ class ConsumeLoop:
                 subscription.acknowledge(message, staged or ())
             if outputs is not None:
                 self._executor.resolve(message, False)  # its lane waited for the outputs
-        elif outcome is DispatchOutcome.DEAD_LETTERED and limit is not None and limit.tripped:
+        elif (
+            outcome is DispatchOutcome.DEAD_LETTERED
+            and limit is not None
+            and limit.tripped
+            and not self._early_ack  # acknowledged when taken: it cannot come again
+        ):
             subscription.release(message)  # halted: not carried out; delivered after a restart
             for behind in self._executor.resolve(message, True):
                 subscription.release(behind)
@@ -355,11 +363,16 @@ class ConsumeLoop:
             self._settle(completion)  # parks again what is still unconfirmed
 
     def _halt(self, reason: str) -> None:
-        """Stop taking messages: hand back queued and held work, pause every partition."""
+        """Stop taking messages: hand back queued and held work, pause every partition.
+
+        With ``early_ack`` queued work was acknowledged when taken: it runs (handing it back
+        would lose it), and its dead letters are written.
+        """
         logger.error("queue halted: %s", reason)
         subscription, owned = self._subscription, sorted(self._assigned)
-        for message in self._executor.drop(owned):
-            subscription.release(message)
+        if not self._early_ack:
+            for message in self._executor.drop(owned):
+                subscription.release(message)
         for queue in self._held.values():
             for message in queue:
                 subscription.release(message)

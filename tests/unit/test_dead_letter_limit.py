@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from service import ConfigurationError, Consumer, InMemoryBackend, MessageDispatcher, RetryPolicy
@@ -69,4 +71,42 @@ def test_a_flood_of_dead_letters_halts_the_queue_and_a_restart_resumes(concurren
     dead = {d.message.offset + 1000 * d.message.partition for d in backend.dead_letters(QUEUE)}
     ran = {m.offset + 1000 * m.partition for m in backend.records(QUEUE)}
     assert len(fixed) >= len(ran - dead) == 300 - written
+    assert backend.pending(QUEUE) == []
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_with_early_ack_what_was_taken_after_the_limit_tripped_is_still_dead_lettered(
+    concurrency: int,
+) -> None:
+    """early_ack acknowledges a message when it is taken, so a halted queue cannot hand it
+    back: its dead letter is written, and what was not taken comes again after a restart."""
+    backend = InMemoryBackend()
+    backend.declare_topic(QUEUE, partitions=2)
+    pub = publisher(backend)
+    for i in range(100):
+        pub.publish(QUEUE, DoPayment(f"o-{i}", i), key=f"k{i % 8}")
+
+    def broken(message: DoPayment) -> None:
+        if message.amount % 2:
+            raise RuntimeError("a bad deploy")
+
+    dispatcher = MessageDispatcher(
+        json_registry(),
+        backend=backend,
+        early_ack=True,
+        poll_batch=100,
+        retry=RetryPolicy(max_attempts=1),
+        dead_letter_limit=DeadLetterLimit(ratio=0.3, window=60, min_messages=6),
+        concurrency=concurrency,
+    )
+    dispatcher.attach_consumer(Consumer(on_message=broken))
+    dispatcher.consume_loop(QUEUE)
+    assert dispatcher.halted is not None
+    later: list[int] = []
+    restarted = MessageDispatcher(json_registry(), backend=backend)
+    restarted.attach_consumer(Consumer(on_message=lambda m: later.append(m.amount)))
+    restarted.consume_loop(QUEUE)
+    dead = [json.loads(d.message.value)["amount"] for d in backend.dead_letters(QUEUE)]
+    failing = set(range(1, 100, 2))
+    assert failing <= set(dead) | set(later), "failing messages neither dead-lettered nor run again"
     assert backend.pending(QUEUE) == []
