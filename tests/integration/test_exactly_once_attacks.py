@@ -730,6 +730,22 @@ def service_config(path: Path, bootstrap: str, queue: str, **queue_options: Any)
     return path
 
 
+def member_configs(
+    tmp_path: Path, bootstrap: str, queue: str, count: int, dedup: bool = True, **transaction: Any
+) -> list[Path]:
+    """The configs of ``count`` exactly-once members, member i under ``<queue>.m<i>``."""
+    return [
+        service_config(
+            tmp_path / f"c{index}.yaml",
+            bootstrap,
+            queue,
+            **({"dedup": {"kind": "compacted"}} if dedup else {}),
+            transaction={"transactional_id": f"{queue}.m{index}", **transaction},
+        )
+        for index in range(count)
+    ]
+
+
 class Proc:
     """``python -m service run`` with its stderr in a file (never a pipe that fills up)."""
 
@@ -855,16 +871,8 @@ def test_zombie_member_sigstopped_past_its_session_then_resumed(
     queue, output, ledger, setup, env = attack_inputs(
         kafka_bootstrap, tmp_path, "eos-zombie", total, sleep_ms=15, poison=poison
     )
-    procs: list[Proc] = []
-    for index in range(2):
-        config = service_config(
-            tmp_path / f"c{index}.yaml",
-            kafka_bootstrap,
-            queue,
-            dedup={"kind": "compacted"},
-            transaction={"transactional_id": f"{queue}.m{index}"},
-        )
-        procs.append(Proc(config, tmp_path / f"m{index}.log", **env))
+    configs = member_configs(tmp_path, kafka_bootstrap, queue, 2)
+    procs = [Proc(config, tmp_path / f"m{i}.log", **env) for i, config in enumerate(configs)]
     zombie = procs[0]
     try:
         wait_for(lambda: sum(ledger_runs(ledger).values()) >= 300, 40)
@@ -887,16 +895,7 @@ def test_sigkills_and_graceful_restarts_with_dedup_and_poison(
     queue, output, ledger, setup, env = attack_inputs(
         kafka_bootstrap, tmp_path, "eos-kills", total, sleep_ms=10, poison=poison
     )
-    configs = [
-        service_config(
-            tmp_path / f"c{index}.yaml",
-            kafka_bootstrap,
-            queue,
-            dedup={"kind": "compacted"},
-            transaction={"transactional_id": f"{queue}.m{index}", "interval": "200ms"},
-        )
-        for index in range(2)
-    ]
+    configs = member_configs(tmp_path, kafka_bootstrap, queue, 2, interval="200ms")
     procs = [Proc(configs[i], tmp_path / f"m{i}.log", **env) for i in range(2)]
     try:
         for round_ in range(4):
@@ -924,15 +923,8 @@ def test_broker_frozen_past_the_session_timeout(tmp_path: Path) -> None:
         queue, output, ledger, setup, env = attack_inputs(
             bootstrap, tmp_path, "eos-freeze", total, sleep_ms=15, poison=poison
         )
-        procs = []
-        for index in range(2):
-            config = service_config(
-                tmp_path / f"c{index}.yaml",
-                bootstrap,
-                queue,
-                transaction={"transactional_id": f"{queue}.m{index}"},
-            )
-            procs.append(Proc(config, tmp_path / f"m{index}.log", **env))
+        configs = member_configs(tmp_path, bootstrap, queue, 2, dedup=False)
+        procs = [Proc(config, tmp_path / f"m{i}.log", **env) for i, config in enumerate(configs)]
         broker = broker_pid(workdir)
         try:
             wait_for(lambda: sum(ledger_runs(ledger).values()) >= 300, 40)
@@ -1040,16 +1032,7 @@ def test_mixed_faults_on_three_members_with_dedup_and_poison(
     queue, output, ledger, setup, env = attack_inputs(
         kafka_bootstrap, tmp_path, "eos-mixed", total, sleep_ms=40, poison=poison
     )
-    configs = [
-        service_config(
-            tmp_path / f"c{index}.yaml",
-            kafka_bootstrap,
-            queue,
-            dedup={"kind": "compacted"},
-            transaction={"transactional_id": f"{queue}.m{index}"},
-        )
-        for index in range(3)
-    ]
+    configs = member_configs(tmp_path, kafka_bootstrap, queue, 3)
     procs = [Proc(configs[i], tmp_path / f"m{i}.log", **env) for i in range(2)]
 
     def runs_reach(extra: int) -> None:
