@@ -18,8 +18,11 @@ KEYS = 64
 
 
 def publish(bootstrap: str, topic: str, count: int) -> None:
-    """``count`` small JSON messages over ``KEYS`` keys."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    """``count`` small JSON messages over ``KEYS`` keys, in order per key (idempotent: a
+    retried batch is never written behind a later one)."""
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True}
+    )
     for i in range(count):
         headers = [
             ("serializer_id", b"1"),

@@ -332,6 +332,44 @@ def test_no_commit_passes_a_message_still_in_flight(
         thread.join(30)
 
 
+def test_every_worker_finds_a_key_to_run_although_records_come_in_partition_runs(
+    backend: KafkaBackend,
+) -> None:
+    """librdkafka hands over records in runs of one partition (a fetch brings up to 1 MiB
+    of each): the default ``max_in_flight`` must hold several partitions' runs, or 32
+    workers share the ~11 keys of one or two partitions (the bench's 10x instead of 25x)."""
+    queue = unique("q")
+    backend.declare_topic(queue, partitions=6)
+    backend.declare_queue(queue)
+    publisher = Publisher(json_registry(), backend)
+    total = 8000
+    for amount in range(total):
+        publisher.publish(queue, DoPayment(f"o{amount}", amount), key=f"k{amount % 64}")
+    backend.flush()
+    lock = threading.Lock()
+    running, peak, seen = 0, 0, 0
+
+    def on_message(message: DoPayment) -> None:
+        nonlocal running, peak, seen
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.005)
+        with lock:
+            running -= 1
+            seen += 1
+            if seen == total:
+                dispatcher.stop()
+
+    dispatcher = MessageDispatcher(json_registry(), backend=backend, concurrency=32, ordering="key")
+    dispatcher.attach_consumer(Consumer(on_message=on_message))
+    thread = threading.Thread(target=dispatcher.consume_loop, args=(queue,))
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive() and seen == total
+    assert peak == 32
+
+
 def test_sigkill_under_concurrency_loses_nothing(
     backend: KafkaBackend, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
