@@ -7,10 +7,17 @@ the group join and the first fetches are never counted as latency. The dispatche
 the service's consumer defaults, the raw loop with :data:`bench.settings.RAW_CONSUMER`; both
 parse the same JSON. The producer also reports the broker's acknowledgement p99
 (:data:`ACKS`): on a busy machine the broker alone can take longer than a latency target.
+
+Each run also measures **append->processed**: the topics use ``LogAppendTime``, so a
+record's timestamp is when the broker appended it, and processed minus appended is the part
+of the latency the consumer is responsible for (fetching, handing over, running), free of
+the producer's queueing and the broker's own append time (same machine, same clock;
+milliseconds).
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -19,7 +26,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from confluent_kafka import Consumer as RawConsumer
 from confluent_kafka import Producer
@@ -29,6 +36,21 @@ from service import Consumer, JsonSerializer, MessageDispatcher, SerializerRegis
 from service.backends.kafka import KafkaBackend
 
 PARTITIONS = 6
+APPEND_TIME = {"message.timestamp.type": "LogAppendTime"}
+"""Topic config: record timestamps are the broker's append time (append->processed)."""
+
+
+class Latency(NamedTuple):
+    """One run: publish->processed and append->processed percentiles (ms), and the rate."""
+
+    p50: float
+    p99: float
+    append_p50: float
+    append_p99: float
+    done: int
+    rate: float
+
+
 _READY_TIMEOUT = 60.0  # seconds to wait for the consumer to receive the warm-up records
 
 
@@ -36,6 +58,7 @@ class _Clock(Consumer):
     def __init__(self, target: int) -> None:
         super().__init__()
         self.latencies: list[float] = []
+        self.appended: list[float] = []  # processed - the broker's append time
         self.warm = 0
         self.last = 0.0
         self.target = target
@@ -47,6 +70,7 @@ class _Clock(Consumer):
             return
         self.last = time.time()
         self.latencies.append(self.last - message["sent"])
+        self.appended.append(self.last - kwargs["record"].timestamp_ms / 1000)
         if len(self.latencies) == self.target and self.dispatcher is not None:
             self.dispatcher.stop()
 
@@ -80,6 +104,14 @@ def _publish(
     return started
 
 
+def _settle_heap() -> None:
+    """Freeze the heap before a run, as ``service run`` does after start-up (and
+    :func:`bench.timing.timed` before every throughput run): a full collection walking what
+    earlier runs left would land in one contender's tail."""
+    gc.collect()
+    gc.freeze()
+
+
 def _percentiles(latencies: list[float]) -> tuple[float, float]:
     if not latencies:
         return float("nan"), float("nan")
@@ -91,16 +123,16 @@ def _percentiles(latencies: list[float]) -> tuple[float, float]:
 def max_rate(bootstrap: str, count: int = 100_000) -> float:
     """Messages/s the whole pipeline sustains: a producer process publishing as fast as it
     can while the dispatcher consumes (first publish to last processed)."""
-    return measure(bootstrap, 0, count=count)[3]
+    return measure(bootstrap, 0, count=count).rate
 
 
-def measure(
-    bootstrap: str, rate: float, seconds: float = 0, count: int | None = None
-) -> tuple[float, float, int, float]:
-    """(p50 ms, p99 ms, messages, messages/s processed) of the dispatcher, publishing at
-    ``rate`` messages/s (0: flat out) for ``seconds`` or ``count`` messages."""
+def measure(bootstrap: str, rate: float, seconds: float = 0, count: int | None = None) -> Latency:
+    """The dispatcher's latencies, publishing at ``rate`` messages/s (0: flat out) for
+    ``seconds`` or ``count`` messages, and the rate it processed them at."""
+    _settle_heap()
     topic = f"bench-latency-{uuid.uuid4().hex[:8]}"
     backend = KafkaBackend(bootstrap, partitions=PARTITIONS)
+    backend.create_topics({topic: PARTITIONS}, APPEND_TIME)
     backend.declare_queue(topic)
     count = count if count is not None else int(rate * seconds)
     clock = _Clock(count)
@@ -120,38 +152,52 @@ def measure(
     backend.close()
     p50, p99 = _percentiles(clock.latencies)
     done = len(clock.latencies)
-    return p50, p99, done, done / max(clock.last - started, 1e-9)
+    return Latency(
+        p50, p99, *_percentiles(clock.appended), done, done / max(clock.last - started, 1e-9)
+    )
 
 
-def raw_measure(bootstrap: str, rate: float, count: int) -> tuple[float, float]:
-    """(p50 ms, p99 ms) of a raw confluent-kafka ``consume(1000)`` loop, same set-up."""
+def raw_measure(bootstrap: str, rate: float, count: int) -> Latency:
+    """The latencies of a raw confluent-kafka loop, same set-up: ``consume(1000, 0)``, and
+    ``poll(0.05)`` for the first record when nothing is there (its rate is not measured)."""
+    _settle_heap()
     topic = f"bench-latency-raw-{uuid.uuid4().hex[:8]}"
-    KafkaBackend(bootstrap, partitions=PARTITIONS).declare_topic(topic)
+    KafkaBackend(bootstrap).create_topics({topic: PARTITIONS}, APPEND_TIME)
     consumer = RawConsumer(
         {"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex, **RAW_CONSUMER}
     )
     consumer.subscribe([topic])
     latencies: list[float] = []
+    appended: list[float] = []
     warm = [0]
 
     def loop() -> None:
         deadline = time.monotonic() + 600
         while len(latencies) < count and time.monotonic() < deadline:
-            for record in consumer.consume(RAW_BATCH, 0.05):
+            # at its best for latency, as the service polls: take what is there at once,
+            # else wait for the first record only (consume(1000, 0.05) waits up to 50 ms to
+            # fill its batch: a p50 of ~30 ms at 5,000 msg/s)
+            records = consumer.consume(RAW_BATCH, 0)
+            if not records:
+                first = consumer.poll(0.05)
+                records = [first] if first is not None else []
+            for record in records:
                 if record.error() is None:
                     record.headers()
                     body = json.loads(record.value() or b"{}")
                     if body.get("warmup"):
                         warm[0] += 1
                     else:
-                        latencies.append(time.time() - body["sent"])
+                        now = time.time()
+                        latencies.append(now - body["sent"])
+                        appended.append(now - record.timestamp()[1] / 1000)
 
     thread = threading.Thread(target=loop)
     thread.start()
     _publish(bootstrap, topic, rate, count, lambda: warm[0] >= PARTITIONS)
     thread.join(120)
     consumer.close()
-    return _percentiles(latencies)
+    return Latency(*_percentiles(latencies), *_percentiles(appended), len(latencies), 0.0)
 
 
 def produce(bootstrap: str, topic: str, rate: float, count: int) -> None:
