@@ -1,18 +1,22 @@
 """Every core of a host: ``kafka-dispatch run --processes N`` with a CPU-bound consumer.
 
-Publishes ``--messages`` JSON ``Order`` records to one fresh topic of 6 partitions, then runs
-the service as users run it (``python -m service run -c <config> --processes N``, a fresh
-consumer group each time) over that same topic, for N = 1 (the single-process path, no
-supervisor) and N = 2, in ``--rounds`` interleaved rounds. The consumer burns
-:data:`BURN_SECONDS` of CPU per message in pure Python, measured on its thread's CPU clock
-(not the wall clock: on a loaded machine a wall-clock busy wait would finish while the
-process is not even running, and flatter the parallel case).
+Runs the service as users run it (``python -m service run -c <config> --processes N``, a
+fresh consumer group each time) for N = 1 (the single-process path, no supervisor) and
+N = 2, in ``--rounds`` interleaved rounds. Each run gets a fresh, empty topic of 6
+partitions; once every member holds partitions (the group's description), ``--messages``
+JSON ``Order`` records are published round-robin over the partitions, so every member
+starts with the same backlog. (Publishing before the start let the first member work
+alone until the second joined; the second then worked alone at the end: ~1.25 cores of 2
+on a quiet machine.) The consumer burns :data:`BURN_SECONDS` of CPU per message in pure
+Python, measured on its thread's CPU clock (not the wall clock: on a loaded machine a
+wall-clock busy wait would finish while the process is not even running, and flatter the
+parallel case).
 
 Each run reads the service's ``/metrics`` every :data:`POLL_SECONDS` and reports:
 
-* the rate from the moment every member holds partitions (the group's description; and
-  at least 10% processed) to 90% processed: the group join, the cooperative rebalance that
-  hands the second member its share, and the last partitions' tail are not timed;
+* the rate from the end of publishing (and at least 10% processed) to 90% processed: the
+  group join, the publishing (the producer shares the cores) and the last partitions' tail
+  are not timed;
 * the CPU the service's processes used in that window (supervisor and children, librdkafka's
   threads included, from /proc) per message and per second (how many cores it actually had:
   on a shared machine the scheduler decides);
@@ -27,6 +31,7 @@ Run: ``python -m bench.processes_case [--messages 40000] [--rounds 3]`` (the bro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -161,14 +166,15 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def run_once(bootstrap: str, topic: str, count: int, processes: int, workdir: str) -> Run | None:
-    """Run the service with ``processes`` over ``topic`` until ``count`` are processed;
-    ``None`` when the group took so long to settle that too little was left to time."""
+def run_once(bootstrap: str, count: int, processes: int, workdir: str) -> Run | None:
+    """Run the service with ``processes`` on a fresh topic, publish ``count`` records once
+    every member holds partitions, and time it; ``None`` when too little was left to time."""
     port, group = _free_port(), f"bench-procs-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    topic = group
+    admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(30)
     path = pathlib.Path(workdir) / f"{group}.yaml"
     _config(path, bootstrap, topic, port, group)
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    settled: tuple[float, float, float] | None = None  # the first sample of a settled group
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "service", "run", "-c", str(path)]
     load_before = os.getloadavg()[0]
@@ -179,6 +185,12 @@ def run_once(bootstrap: str, topic: str, count: int, processes: int, workdir: st
     samples: list[tuple[float, float, float]] = []  # (time, processed, CPU seconds)
     try:
         deadline = started + 600
+        while _members_working(admin, group) < processes:
+            if time.monotonic() > deadline or service.poll() is not None:
+                raise SystemExit(f"--processes {processes}: the group never settled")
+            time.sleep(0.2)
+        publish(bootstrap, topic, count)
+        published = time.monotonic()
         while not samples or samples[-1][1] < count:
             if time.monotonic() > deadline or service.poll() is not None:
                 raise SystemExit(f"--processes {processes}: {samples[-1:]} of {count} processed")
@@ -188,15 +200,16 @@ def run_once(bootstrap: str, topic: str, count: int, processes: int, workdir: st
             except OSError:
                 continue  # not serving yet
             samples.append(sample)
-            if settled is None and _members_working(admin, group) == processes:
-                settled = sample
     finally:
         service.send_signal(signal.SIGTERM)
         service.wait(60)
-    if settled is None or settled[1] > count * 0.6:
-        print(f"--processes {processes}: the group settled after 60% processed: again", flush=True)
+        with contextlib.suppress(KafkaException):
+            admin.delete_topics([topic])[topic].result(30)
+    window = [s for s in samples if s[0] >= published and s[1] >= count * 0.1]
+    if not window or window[0][1] > count * 0.6:
+        print(f"--processes {processes}: over 60% processed while publishing: again", flush=True)
         return None
-    low, low_count, low_cpu = next(s for s in samples if s[1] >= max(count * 0.1, settled[1]))
+    low, low_count, low_cpu = window[0]
     high, high_count, high_cpu = next(s for s in samples if s[1] >= count * 0.9)
     seconds, messages, cpu = max(high - low, 1e-3), high_count - low_count, high_cpu - low_cpu
     return Run(
@@ -210,18 +223,17 @@ def run_once(bootstrap: str, topic: str, count: int, processes: int, workdir: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Publish once, run the interleaved rounds, print the figures; 0 when the target is met."""
+    """Run the interleaved rounds, print the figures; 0 when the target is met."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=40_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=pathlib.Path, help="write the figures here")
     args = parser.parse_args(argv)
     bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
-    topic = f"bench-procs-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(30)
-    publish(bootstrap, topic, args.messages)
-    print(f"{args.messages} records on {topic} ({PARTITIONS} partitions), {os.cpu_count()} cores")
+    print(
+        f"{args.messages} records per run on a fresh topic ({PARTITIONS} partitions), "
+        f"{os.cpu_count()} cores"
+    )
     if _autogroup():
         print(
             "kernel.sched_autogroup_enabled=1: the scheduler shares the CPU between sessions, "
@@ -233,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(1, args.rounds + 1):
             for processes in (1, 2) if round_ % 2 else (2, 1):
                 for _ in range(3):
-                    run = run_once(bootstrap, topic, args.messages, processes, workdir)
+                    run = run_once(bootstrap, args.messages, processes, workdir)
                     if run is not None:
                         break
                 else:
