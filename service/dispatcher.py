@@ -6,7 +6,7 @@ What happens to each message is decided by :class:`~service.dispatch.decider.Dec
 is decided by the subscription's :class:`~service.backends.checkpoint.Checkpoint`. In short:
 
 * a message is acknowledged once every consumer that accepts it succeeded (or was found in
-  the deduplication cache), or always with ``always_ack``; on receipt with ``early_ack``;
+  the deduplication cache), or always with ``always_ack``; when it starts with ``early_ack``;
 * a message that cannot be decoded is dead-lettered at once; a failing one is redelivered
   after the retry policy's backoff and dead-lettered naming the failing consumers once its
   attempts are spent (errors that may pass are retried for as long as they last);
@@ -55,7 +55,7 @@ class MessageDispatcher:
         cache: the deduplication store; :class:`NullCache` when ``None``.
         backend: the messaging backend to consume from (required).
         always_ack: acknowledge even when a consumer failed (the failure is only reported).
-        early_ack: acknowledge on receipt, before processing: at-most-once delivery.
+        early_ack: acknowledge when a message starts, before processing: at-most-once.
         retry: backoff and attempts for failed messages; ``RetryPolicy()`` when ``None``.
         poll_batch: the most messages taken from the backend in one poll.
         poll_timeout: seconds one poll waits; bounds how long :meth:`stop` takes when idle.
@@ -284,8 +284,8 @@ class MessageDispatcher:
             ordering=self.ordering,
             max_in_flight=self.max_in_flight,
             max_in_flight_per_partition=self.max_in_flight_per_partition,
-            # early_ack: what was taken is acknowledged already: it must run even when stopping
-            should_stop=(lambda: False) if self.early_ack else (lambda: self._stop_requested),
+            should_stop=lambda: self._stop_requested,
+            report_starts=self.early_ack,  # early_ack acknowledges a message when it starts
         )
 
     def _polled(self) -> None:

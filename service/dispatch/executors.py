@@ -91,10 +91,12 @@ class Executor:
         """Discard the completions of started work of ``partitions`` (no longer ours)."""
         del partitions
 
-    def taken(self, partitions: Iterable[TopicPartition] | None = None) -> int:
-        """Messages of ``partitions`` (all if None) taken and not yet handed back."""
-        del partitions
-        return 0
+    def started(self) -> list[Message]:
+        """The messages workers started since the last call, in the order they started.
+
+        Only when asked to report starts (``early_ack`` acknowledges them).
+        """
+        return []
 
     def failure(self) -> BaseException | None:
         """An unexpected error a worker met (a bug, a raising callback), if any."""
@@ -130,8 +132,11 @@ class LanesExecutor(Executor):
         max_in_flight: int,
         max_in_flight_per_partition: int,
         should_stop: Callable[[], bool] = lambda: False,
+        report_starts: bool = False,
     ) -> None:
         self._decide = decide
+        self._report_starts = report_starts
+        self._started: list[Message] = []
         self._should_stop = should_stop
         self._lane_of = _LANES[ordering]
         self._max_total = self.capacity = max_in_flight
@@ -177,6 +182,14 @@ class LanesExecutor(Executor):
             self._per_partition[tp] = count + 1
             self._cond.notify()
         return None
+
+    def started(self) -> list[Message]:
+        """The messages started since the last call (with ``report_starts``)."""
+        if not self._started:
+            return []
+        with self._cond:
+            started, self._started = self._started, []
+        return started
 
     def completed(self, wait: float = 0.0) -> list[Completion]:
         """Take the completions (waiting up to ``wait`` seconds for one)."""
@@ -238,13 +251,6 @@ class LanesExecutor(Executor):
                 if (m.topic, m.partition) in wanted and key not in self._abandoned
             )
 
-    def taken(self, partitions: Iterable[TopicPartition] | None = None) -> int:
-        """Queued, running or completed-not-collected messages of ``partitions``."""
-        with self._cond:
-            if partitions is None:
-                return self.in_flight
-            return sum(self._per_partition.get(tp, 0) for tp in partitions)
-
     def abandon(self, partitions: Iterable[TopicPartition]) -> None:
         """Their completions will be discarded."""
         gone = set(partitions)
@@ -252,6 +258,9 @@ class LanesExecutor(Executor):
             for key, message in self._running.items():
                 if (message.topic, message.partition) in gone:
                     self._abandoned.add(key)
+            # not acknowledged (early_ack) by a member that no longer owns them: a later
+            # owner's delivery of the same offsets must not be marked done by these
+            self._started = [m for m in self._started if (m.topic, m.partition) not in gone]
             kept = []
             for completion in self._done:
                 if (completion.message.topic, completion.message.partition) in gone:
@@ -316,6 +325,8 @@ class LanesExecutor(Executor):
                 message = self._lanes[lane].popleft()
                 key = id(message)
                 self._running[key] = message
+                if self._report_starts:
+                    self._started.append(message)
             started = time.perf_counter()
             try:
                 verdict = self._decide(message)

@@ -15,10 +15,13 @@ Follow a message from poll to commit:
 5. the subscription's checkpoint commits, per partition, the offsets below which every
    message is done and every commit gate (dedup entries) is durable.
 
-``early_ack`` is handled here alone: the message is acknowledged when the executor takes
-it, and of its verdict only a dead letter is still carried out (at-most-once processing: a
-crash loses what was taken and not finished). A clean stop or a revocation lets the work
-taken finish first, so only a crash can lose a message.
+``early_ack`` is handled here alone: a message is acknowledged when it starts (inline: before
+it runs; on lanes: the loop acknowledges what the workers report started, at its next turn,
+always before the completion is settled), and of its verdict only a dead letter is still
+carried out (at-most-once processing: a crash loses what started and did not finish). Work
+queued on a lane and not started is not acknowledged: a stop, a revocation or a halt hands
+it back like any other, so only a crash can lose a message. (Acknowledging on submission
+lost the queued rest when a stop outlasted ``revoke_timeout``.)
 
 A revocation first drops the queued work of the revoked partitions, then waits (up to
 ``revoke_timeout``) for their started work and settles it, so that the revocation commit
@@ -28,7 +31,7 @@ owner runs the message again). A lost assignment drops and abandons at once.
 With a :class:`~service.dispatch.flood.DeadLetterLimit`, a queue that dead-letters too much
 halts: its queued and held work is handed back, its partitions are paused (also those
 assigned later), later dead-letter verdicts are not carried out (the messages are handed back
-instead; with ``early_ack`` they were acknowledged when taken, so their dead letters are
+instead; with ``early_ack`` they were acknowledged when they started, so their dead letters are
 written), and :attr:`ConsumeLoop.halted` says why; the loop keeps polling so the group sees a
 live member, and nothing is committed past what is done.
 
@@ -149,19 +152,8 @@ class ConsumeLoop:
                     continue
                 self._take(batch)
         finally:
-            if self._early_ack:  # acknowledged on receipt: finish it, a clean stop loses nothing
-                self._finish(None)
             executor.close()
             self._settle_completed(0.0)
-
-    def _finish(self, partitions: list[TopicPartition] | None) -> None:
-        """With ``early_ack``: wait (up to ``revoke_timeout``) for the work taken to finish."""
-        executor = self._executor
-        deadline = time.monotonic() + self._revoke_timeout
-        while executor.taken(partitions) and time.monotonic() < deadline:
-            if executor.failure() is not None:
-                return
-            self._settle_completed(0.05)
 
     def _while_full(self) -> None:
         """The executor has no room: pause every partition and poll all the same.
@@ -216,8 +208,6 @@ class ConsumeLoop:
                 held[tp].append(message)
                 subscription.pause([tp])
                 continue
-            if early_ack and not self._inline:
-                subscription.acknowledge(message)  # taken: it will run
             if completion is not None:
                 settle(completion)
         self._decider.cache.poll()
@@ -270,9 +260,7 @@ class ConsumeLoop:
                     completion = submit(queue[0])
                 except MessageRejected:
                     break
-                taken = queue.popleft()
-                if self._early_ack and not self._inline:
-                    self._subscription.acknowledge(taken)
+                queue.popleft()
                 if completion is not None:
                     settle(completion)
             if not queue:
@@ -280,6 +268,9 @@ class ConsumeLoop:
                 self._subscription.resume([tp])
 
     def _settle_completed(self, wait: float) -> None:
+        if self._early_ack:  # before their completions: a started message is acknowledged
+            for message in self._executor.started():
+                self._subscription.acknowledge(message)
         for completion in self._executor.completed(wait):
             self._settle(completion)
 
@@ -309,7 +300,7 @@ class ConsumeLoop:
             outcome is DispatchOutcome.DEAD_LETTERED
             and limit is not None
             and limit.tripped
-            and not self._early_ack  # acknowledged when taken: it cannot come again
+            and not self._early_ack  # acknowledged when it started: it cannot come again
         ):
             subscription.release(message)  # halted: not carried out; delivered after a restart
             for behind in self._executor.resolve(message, True):
@@ -365,14 +356,12 @@ class ConsumeLoop:
     def _halt(self, reason: str) -> None:
         """Stop taking messages: hand back queued and held work, pause every partition.
 
-        With ``early_ack`` queued work was acknowledged when taken: it runs (handing it back
-        would lose it), and its dead letters are written.
+        With ``early_ack`` started work was acknowledged: its dead letters are written.
         """
         logger.error("queue halted: %s", reason)
         subscription, owned = self._subscription, sorted(self._assigned)
-        if not self._early_ack:
-            for message in self._executor.drop(owned):
-                subscription.release(message)
+        for message in self._executor.drop(owned):
+            subscription.release(message)
         for queue in self._held.values():
             for message in queue:
                 subscription.release(message)
@@ -409,8 +398,6 @@ class ConsumeLoop:
     def on_revoked(self, partitions: list[TopicPartition]) -> None:
         """Drop queued work of ``partitions``; settle their started work, within a limit."""
         executor = self._executor
-        if self._early_ack:
-            self._finish(partitions)  # taken work is acknowledged: let it run, do not drop it
         self._drop(partitions)
         deadline = time.monotonic() + self._revoke_timeout
         while (

@@ -78,7 +78,7 @@ def test_a_flood_of_dead_letters_halts_the_queue_and_a_restart_resumes(concurren
 def test_with_early_ack_what_was_taken_after_the_limit_tripped_is_still_dead_lettered(
     concurrency: int,
 ) -> None:
-    """early_ack acknowledges a message when it is taken, so a halted queue cannot hand it
+    """early_ack acknowledges a message when it starts, so a halted queue cannot hand it
     back: its dead letter is written, and what was not taken comes again after a restart."""
     backend = InMemoryBackend()
     backend.declare_topic(QUEUE, partitions=2)
