@@ -46,6 +46,10 @@ from service.serializers.registry import SerializerRegistry
 
 __all__ = ["DispatchObserver", "DispatchOutcome", "MessageDispatcher", "SimpleMessageDispatcher"]
 
+MAX_IN_FLIGHT_BYTES = 32 << 20
+"""Default bound on the keys and values of messages taken and not settled (with
+concurrency): with 150 KB records and 32 workers, 3,200 of them held 556 MiB."""
+
 
 class MessageDispatcher:
     """Runs the consumption loop of a queue and hands each message to the consumers.
@@ -72,6 +76,9 @@ class MessageDispatcher:
             can run: with 10 x 32, 32 workers on 64 keys over 6 partitions ran ~10x a
             sequential loop, with 100 x 32 ~25x (``bench.concurrency_case``).
         max_in_flight_per_partition: the same per partition.
+        max_in_flight_bytes: the keys and values of those messages, at most (default 32 MiB;
+            one message is always taken): bounds memory when records are large, whatever
+            ``max_in_flight``.
         revoke_timeout: seconds a revocation waits for started work of its partitions.
         routing: how records of other producers are routed and message ids chosen
             (:class:`~service.dispatch.routing.RoutingRules`; records with the routing
@@ -101,6 +108,7 @@ class MessageDispatcher:
         ordering: Ordering = "partition",
         max_in_flight: int | None = None,
         max_in_flight_per_partition: int | None = None,
+        max_in_flight_bytes: int | None = None,
         revoke_timeout: float = 60.0,
         routing: RoutingRules | None = None,
         key_decoder: Callable[[bytes], Any] | None = None,
@@ -133,6 +141,7 @@ class MessageDispatcher:
         self.ordering: Ordering = ordering
         self.max_in_flight = max_in_flight or max(100 * concurrency, poll_batch)
         self.max_in_flight_per_partition = max_in_flight_per_partition or self.max_in_flight
+        self.max_in_flight_bytes = max_in_flight_bytes or MAX_IN_FLIGHT_BYTES
         self.revoke_timeout = revoke_timeout
         self.observer = observer
         self.listeners: list[SubscriptionListener] = []
@@ -286,6 +295,7 @@ class MessageDispatcher:
             max_in_flight_per_partition=self.max_in_flight_per_partition,
             should_stop=lambda: self._stop_requested,
             report_starts=self.early_ack,  # early_ack acknowledges a message when it starts
+            max_in_flight_bytes=self.max_in_flight_bytes,
         )
 
     def _polled(self) -> None:

@@ -266,6 +266,7 @@ def build_dispatcher(
         concurrency=queue.concurrency,
         ordering=queue.ordering,
         max_in_flight=queue.max_in_flight,
+        max_in_flight_bytes=queue.max_in_flight_bytes,
         dead_letter_limit=_dead_letter_limit(queue),
         routing=build_routing(queue, serializers),
         key_decoder=key_decoder(queue.key, schema_registry),

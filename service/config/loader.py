@@ -345,6 +345,7 @@ def _queue(name: str, section: QueueSection) -> QueueConfig:
         concurrency=section.concurrency,
         ordering=section.ordering,
         max_in_flight=section.max_in_flight,
+        max_in_flight_bytes=section.max_in_flight_bytes,
         subject_strategy=section.subject_strategy,
         dead_letter_limit=section.dead_letter_limit,
         headerless=(

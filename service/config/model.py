@@ -317,6 +317,9 @@ class QueueSection(_Section):
     concurrency: Count = 1
     ordering: Literal["partition", "key", "none"] = "partition"
     max_in_flight: OptionalCount = None
+    max_in_flight_bytes: OptionalCount = Field(
+        default=None, description="keys and values taken and not settled, at most (32 MiB)"
+    )
     subject_strategy: SubjectStrategy | None = Field(
         default=None,
         description="the subject strategy of Avro records published to this queue's topics "
@@ -408,6 +411,7 @@ class QueueConfig:
     concurrency: int = 1
     ordering: Literal["partition", "key", "none"] = "partition"
     max_in_flight: int | None = None
+    max_in_flight_bytes: int | None = None
     subject_strategy: SubjectStrategy | None = None
     dead_letter_limit: DeadLetterLimitConfig | None = None
     headerless: tuple[str, type] | None = None

@@ -11,9 +11,10 @@ what is committed is decided in one place whatever the executor.
   has settled that message (:meth:`LanesExecutor.resolve`); a redelivered message takes the
   lane's queued messages back with it, to be delivered again behind it, so order holds. A
   message whose handlers published outputs blocks its lane until they are confirmed.
-  When full (``max_in_flight`` in all, or ``max_in_flight_per_partition`` for the message's
-  partition) :meth:`~LanesExecutor.submit` raises :class:`~service.errors.MessageRejected`
-  and the loop pauses the partition until there is room again.
+  When full (``max_in_flight`` in all, ``max_in_flight_per_partition`` for the message's
+  partition, or ``max_in_flight_bytes`` of keys and values in all) :meth:`~LanesExecutor.submit`
+  raises :class:`~service.errors.MessageRejected` and the loop pauses the partition until
+  there is room again; full by bytes, it pauses every partition.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class Executor:
     """Messages submitted and not yet handed back as completions (or dropped)."""
     capacity = 1 << 30
     """The most messages it holds at once (the loop polls no more than the room left)."""
+    bytes_full = False
+    """Whether the keys and values it holds reached its byte bound (the loop takes no more)."""
 
     def submit(self, message: Message) -> Completion | None:
         """Run ``message``: its completion now (inline), or None (collect it later).
@@ -133,6 +136,7 @@ class LanesExecutor(Executor):
         max_in_flight_per_partition: int,
         should_stop: Callable[[], bool] = lambda: False,
         report_starts: bool = False,
+        max_in_flight_bytes: int = 1 << 62,
     ) -> None:
         self._decide = decide
         self._report_starts = report_starts
@@ -141,6 +145,8 @@ class LanesExecutor(Executor):
         self._lane_of = _LANES[ordering]
         self._max_total = self.capacity = max_in_flight
         self._max_partition = max_in_flight_per_partition
+        self._max_bytes = max_in_flight_bytes
+        self._bytes = 0  # keys and values held
         self._cond = threading.Condition()
         self._lanes: dict[Hashable, deque[Message]] = {}
         self._ready: deque[Hashable] = deque()
@@ -164,12 +170,18 @@ class LanesExecutor(Executor):
         """Queue ``message`` on its lane.
 
         Raises:
-            MessageRejected: ``max_in_flight`` in all, or for its partition, is reached.
+            MessageRejected: ``max_in_flight`` in all, or for its partition, is reached, or
+                ``max_in_flight_bytes`` would be passed (one message is always taken).
         """
         tp = (message.topic, message.partition)
+        size = _size(message)
         with self._cond:
             count = self._per_partition.get(tp, 0)
-            if self.in_flight >= self._max_total or count >= self._max_partition:
+            if (
+                self.in_flight >= self._max_total
+                or count >= self._max_partition
+                or (self.in_flight and self._bytes + size > self._max_bytes)
+            ):
                 raise MessageRejected(tp)
             lane = self._lane_of(message)
             queue = self._lanes.get(lane)
@@ -180,6 +192,8 @@ class LanesExecutor(Executor):
                 self._ready.append(lane)
             self.in_flight += 1
             self._per_partition[tp] = count + 1
+            self._bytes += size
+            self.bytes_full = self._bytes >= self._max_bytes
             self._cond.notify()
         return None
 
@@ -291,6 +305,8 @@ class LanesExecutor(Executor):
     def _count_out(self, message: Message) -> None:
         tp = (message.topic, message.partition)
         self.in_flight -= 1
+        self._bytes -= _size(message)
+        self.bytes_full = self._bytes >= self._max_bytes
         left = self._per_partition.get(tp, 0) - 1
         if left > 0:
             self._per_partition[tp] = left
@@ -354,6 +370,14 @@ class LanesExecutor(Executor):
                     elif queue is not None:
                         del self._lanes[lane]
                 cond.notify_all()
+
+
+def _size(message: Message) -> int:
+    """The bytes of ``message`` that :attr:`LanesExecutor.bytes_full` counts: key and value."""
+    key, value = message.key, message.value
+    return (len(value) if value is not None else 0) + (
+        len(key) if isinstance(key, bytes | bytearray) else 0
+    )
 
 
 _LANES: dict[str, Callable[[Message], Hashable]] = {

@@ -179,6 +179,8 @@ class ConsumeLoop:
 
     def _room(self) -> int:
         executor = self._executor
+        if executor.bytes_full:
+            return 0
         return executor.capacity - executor.in_flight - sum(len(q) for q in self._held.values())
 
     def _take(self, batch: Iterable[Message]) -> None:
