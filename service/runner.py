@@ -244,6 +244,7 @@ class ServiceRunner:
             for number, handler in previous.items():
                 signal.signal(number, handler)
             faulthandler.unregister(signal.SIGUSR1)
+            gc.unfreeze()  # a runner used again in this process (tests, embedding) frees it
         failed = [loop for loop in self.loops if loop.error is not None]
         return 1 if failed else 0
 
