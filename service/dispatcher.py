@@ -77,8 +77,8 @@ class MessageDispatcher:
             sequential loop, with 100 x 32 ~25x (``bench.concurrency_case``).
         max_in_flight_per_partition: the same per partition.
         max_in_flight_bytes: the keys and values of those messages, at most (default 32 MiB;
-            one message is always taken): bounds memory when records are large, whatever
-            ``max_in_flight``.
+            passed by at most one record, which is taken while they are below it): bounds
+            memory when records are large, whatever ``max_in_flight``.
         revoke_timeout: seconds a revocation waits for started work of its partitions.
         routing: how records of other producers are routed and message ids chosen
             (:class:`~service.dispatch.routing.RoutingRules`; records with the routing

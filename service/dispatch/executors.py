@@ -171,7 +171,9 @@ class LanesExecutor(Executor):
 
         Raises:
             MessageRejected: ``max_in_flight`` in all, or for its partition, is reached, or
-                ``max_in_flight_bytes`` would be passed (one message is always taken).
+                the keys and values held reached ``max_in_flight_bytes`` (a record is taken
+                while they are below it, however large: the bound is passed by at most one
+                record, and a large record is never starved by a stream of small ones).
         """
         tp = (message.topic, message.partition)
         size = _size(message)
@@ -180,7 +182,7 @@ class LanesExecutor(Executor):
             if (
                 self.in_flight >= self._max_total
                 or count >= self._max_partition
-                or (self.in_flight and self._bytes + size > self._max_bytes)
+                or (self.in_flight and self._bytes >= self._max_bytes)
             ):
                 raise MessageRejected(tp)
             lane = self._lane_of(message)
