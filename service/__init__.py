@@ -19,6 +19,7 @@ from service.backends.kafka import KafkaBackend
 from service.backends.kafka.dedup import CompactedTopicCache
 from service.consumers import Consumer, SingleDispatchConsumer, consumer, manifest_of
 from service.dedup import DeduplicationCache, InMemoryCache, NullCache
+from service.dispatch.flood import DeadLetterLimit
 from service.dispatch.retry import RetryPolicy
 from service.dispatcher import DispatchOutcome, MessageDispatcher, SimpleMessageDispatcher
 from service.errors import (
@@ -66,6 +67,7 @@ __all__ = [
     "Consumer",
     "ConsumerError",
     "DeadLetter",
+    "DeadLetterLimit",
     "DeadLetterReason",
     "DeadLetterRefusedError",
     "DeduplicationCache",
