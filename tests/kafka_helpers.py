@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from service import Message
 from service.backends.kafka import KafkaBackend
@@ -72,13 +72,35 @@ def read_topic(
 
 
 def committed(bootstrap: str, group: str, topic: str, partitions: int = 1) -> list[int]:
-    """The committed offsets of ``group`` on ``topic`` (-1001 when none)."""
+    """The committed offsets of ``group`` on ``topic`` (-1001 when none).
+
+    Asks again for up to 10 s while the group's coordinator is moving or loading (as right
+    after a broker freeze or restart): that is the broker answering "not yet", not a result.
+    """
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    deadline = time.monotonic() + 10
     try:
-        tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-        return [tp.offset for tp in tps]
+        while True:
+            try:
+                tps = consumer.committed(
+                    [TopicPartition(topic, p) for p in range(partitions)], timeout=10
+                )
+                return [tp.offset for tp in tps]
+            except KafkaException as exc:
+                if exc.args[0].code() not in _COORDINATOR_BUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
     finally:
         consumer.close()
+
+
+_COORDINATOR_BUSY = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+    }
+)
 
 
 def broker_pid(workdir: Path) -> int:
