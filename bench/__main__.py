@@ -255,26 +255,24 @@ def latency(args: argparse.Namespace, bootstrap: str, table: Table) -> None:
         "append_p99",
         "; from the broker's append time (LogAppendTime), ms resolution",
     )
-    low99 = [ours.p99 for ours, _ in low]
-    table.ratio(
+
+    def at_5000(case: str, field: str, detail: str) -> None:
+        ours = [getattr(o, field) for o, _ in low]
+        raw = median([getattr(r, field) for _, r in low])
+        table.ratio(
+            case, ours, 10, at_most=True, unit=" ms", detail=f"raw loop {raw:.1f} ms{detail}"
+        )
+
+    at_5000(
         "p99 at 5,000 msg/s",
-        low99,
-        10,
-        at_most=True,
-        unit=" ms",
-        detail=(
-            f"raw loop {median([raw.p99 for _, raw in low]):.1f} ms; the broker's own ack p99 "
-            f"(produce->acknowledged) in these runs: {spread(acks, '{:.0f}')} ms"
-        ),
+        "p99",
+        f"; the broker's own ack p99 (produce->acknowledged) in these runs: "
+        f"{spread(acks, '{:.0f}')} ms",
     )
-    append99 = [ours.append_p99 for ours, _ in low]
-    table.ratio(
+    at_5000(
         "p99 append->processed (the consumer's part) at 5,000 msg/s",
-        append99,
-        10,
-        at_most=True,
-        unit=" ms",
-        detail=f"raw loop {median([raw.append_p99 for _, raw in low]):.0f} ms; ms resolution",
+        "append_p99",
+        "; ms resolution",
     )
 
 
