@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from service import DeduplicationStoreError
+from service.backends.kafka.dedup import digest, held
 from service.dedup.entries import PartitionEntries
 from service.dedup.ledger import WriteLedger
 
@@ -16,45 +17,71 @@ SECOND = 1000
 
 
 # -- PartitionEntries -----------------------------------------------------------------------
-def test_entries_leave_once_their_bucket_has_passed_a_budget_at_a_time() -> None:
+def test_a_sweep_evicts_expired_keys_a_budget_at_a_time_and_keeps_the_rest() -> None:
     entries = PartitionEntries(SECOND)
     for i in range(2500):
-        entries.add(i.to_bytes(16, "big"), 10 * SECOND + i % 3)  # one bucket: [10 s, 11 s)
-    entries.add(b"later".ljust(16), 20 * SECOND)
-    assert entries.evict(10 * SECOND + 500, 1000) == 0  # the bucket has not passed yet
+        entries.map[i] = 10 * SECOND + i % 3
+    entries.map[-1] = 20 * SECOND
+    assert entries.evict(10 * SECOND - 1, 1000) == 1000  # a sweep starts: nothing expired yet
+    assert entries.evict(10 * SECOND - 1, 2000) == 1501  # less than the budget: sweep over
+    assert len(entries) == 2501 and entries.sweeping == 0
+    assert entries.evict(11 * SECOND - 2, 1000) == 0  # the next sweep is due a second later
     assert entries.evict(11 * SECOND, 1000) == 1000
-    assert len(entries) == 1501
+    assert entries.sweeping == 1501
+    assert len(entries) == 1502  # the sweep takes the last keys first: one is not expired
     assert entries.evict(11 * SECOND, 1000) == 1000
-    assert entries.evict(11 * SECOND, 1000) == 500  # less than the budget: nothing left
-    assert list(entries.map) == [b"later".ljust(16)]
+    assert entries.evict(11 * SECOND, 1000) == 501
+    assert list(entries.map) == [-1]
     assert entries.evict(21 * SECOND, 1000) == 1 and len(entries) == 0
+    assert entries.evict(30 * SECOND, 1000) == 0  # nothing held: no sweep
 
 
-def test_a_key_stored_again_with_a_later_expiry_survives_its_first_bucket() -> None:
+def test_a_key_stored_again_with_a_later_expiry_is_kept_until_the_later_one() -> None:
     entries = PartitionEntries(SECOND)
-    key = b"k" * 16
-    entries.add(key, 5 * SECOND)
-    entries.add(key, 50 * SECOND)
+    entries.map[7] = 5 * SECOND
+    entries.map[7] = 50 * SECOND
     entries.evict(10 * SECOND, 100)
-    assert entries.map[key] == 50 * SECOND
+    assert entries.map[7] == 50 * SECOND
     entries.evict(51 * SECOND, 100)
-    assert key not in entries.map
+    assert 7 not in entries.map
 
 
-def test_reindex_buckets_keys_written_directly() -> None:
-    entries = PartitionEntries(PartitionEntries.granularity_for(60 * SECOND))
+def test_keys_added_during_a_sweep_wait_for_the_next_one_and_removed_ones_are_skipped() -> None:
+    entries = PartitionEntries(SECOND)
     for i in range(10):
-        entries.map[i.to_bytes(16, "big")] = (i + 1) * SECOND  # a restore's fast path
-    entries.reindex()
-    assert entries.bucketed == 10
-    entries.evict(6 * SECOND, 100)
-    assert sorted(entries.map.values()) == [6000, 7000, 8000, 9000, 10000]  # 6 s: bucket [6, 7)
+        entries.map[i] = SECOND
+    assert entries.evict(2 * SECOND, 4) == 4  # the snapshot holds the 10 keys
+    del entries.map[0]  # gone meanwhile (the partition's keys may change under a sweep)
+    entries.map[100] = SECOND  # expired, but added after the snapshot
+    assert entries.evict(2 * SECOND, 100) == 6
+    assert list(entries.map) == [100]
+    assert entries.evict(3 * SECOND, 100) == 1 and len(entries) == 0
 
 
-def test_the_bucket_width_follows_the_window() -> None:
-    assert PartitionEntries.granularity_for(60 * SECOND) == SECOND
+def test_an_expired_key_leaves_at_most_one_interval_late() -> None:
+    interval = PartitionEntries.interval_for(64 * 60 * SECOND)  # a minute
+    entries = PartitionEntries(interval)
+    entries.map[1] = 0
+    entries.evict(1, 100)  # a sweep at 1 ms: the next is due a minute later
+    entries.map[2] = 2  # expires right after that sweep
+    now = 2
+    while 2 in entries.map:
+        now += SECOND
+        entries.evict(now, 100)
+    assert now - 2 <= interval + SECOND
+
+
+def test_the_sweep_interval_follows_the_window() -> None:
+    assert PartitionEntries.interval_for(60 * SECOND) == SECOND
     week = 7 * 24 * 3600 * SECOND
-    assert PartitionEntries.granularity_for(week) == week // 1024
+    assert PartitionEntries.interval_for(week) == week // 64
+
+
+def test_a_held_digest_is_an_int_smaller_than_its_bytes() -> None:
+    wire = digest("tests.Consumer.some-message-id")
+    assert len(wire) == 16
+    assert held(wire) == int.from_bytes(wire, "big")
+    assert sys.getsizeof(held(wire)) < sys.getsizeof(wire)
 
 
 # -- WriteLedger ------------------------------------------------------------------------
@@ -132,6 +159,6 @@ def test_a_refusal_is_dropped_when_its_partition_is_lost_and_others_stay() -> No
 def test_the_entries_cost_the_garbage_collector_nothing() -> None:
     entries = PartitionEntries(SECOND)
     for i in range(1000):
-        entries.add(i.to_bytes(16, "big"), 5 * SECOND)
+        entries.map[held(i.to_bytes(16, "big"))] = 5 * SECOND
     gc.collect()
     assert not gc.is_tracked(entries.map)  # never traversed by a collection

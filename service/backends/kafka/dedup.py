@@ -21,8 +21,9 @@ Contract (a :class:`~service.backends.base.SubscriptionListener` and a
   :class:`~service.errors.DeduplicationStoreError` naming the input partitions) until its
   partition is lost, or revoked and the rebalance ends: the new owner redelivers. A crash
   repeats a consumer only between its success and the confirmation of its entry.
-* Memory: a digest and a shared expiry per key, in owned partitions only; expired keys are
-  evicted from :meth:`poll`, a bounded number at a time, so memory follows the window.
+* Memory: a digest (as an int) and a shared expiry per key, in owned partitions only;
+  expired keys are evicted by sweeps from :meth:`poll`, a bounded number at a time, at most
+  ``window / 64`` (min. 1 s) late, so memory follows the window.
 * Threads: :meth:`store` and :meth:`get` may run on worker threads; listener and gate
   methods and :meth:`poll` run on the polling thread.
 * A record that does not parse is skipped with a warning; a missing topic, a refused
@@ -67,8 +68,13 @@ SWEEP_BUDGET = 10_000  # keys one poll() looks at, at most
 
 
 def digest(key: str) -> bytes:
-    """The 16-byte digest a key is stored under."""
+    """The 16-byte digest a key is stored under (the record key in the dedup topic)."""
     return hashlib.blake2b(key.encode(), digest_size=DIGEST_SIZE).digest()
+
+
+def held(key_digest: bytes) -> int:
+    """The digest as it is held in memory: an int (44 bytes, against 49 for the bytes)."""
+    return int.from_bytes(key_digest, "big")
 
 
 class CompactedTopicCache(DeduplicationCache):
@@ -102,13 +108,14 @@ class CompactedTopicCache(DeduplicationCache):
         self.window = window
         self._backend = backend
         self._clock = clock
-        self._owned = OwnedPartitions(PartitionEntries.granularity_for(int(window * 1000)))
+        self._owned = OwnedPartitions(PartitionEntries.interval_for(int(window * 1000)))
         self._entries = self._owned.maps  # owned dedup partitions only, for lookups
-        self._writable = self._owned.partitions  # the same, for writes (with buckets)
+        self._writable = self._owned.partitions  # the same, for writes
         self._lock = self._owned.lock  # also the ledger's: one acquisition per store
         self._ledger = WriteLedger(topic, self._lock)
         self._expiries: dict[int, tuple[int, bytes]] = {}  # shared expiries, one per second
-        self._memo: tuple[str | None, bytes] = (None, b"")  # one tuple: read and set atomically
+        # the last key's digests (wire, held): one tuple, read and set atomically
+        self._memo: tuple[str | None, bytes, int] = (None, b"", 0)
         self._next_sweep = 0.0
         self._restoring = 0
         self._topic_partitions: int | None = None
@@ -148,10 +155,11 @@ class CompactedTopicCache(DeduplicationCache):
         """
         memo = self._memo  # get() then store() of one key: hash it once
         if memo[0] is key:
-            wanted = memo[1]
+            wanted = memo[2]
         else:
-            wanted = digest(key)
-            self._memo = (key, wanted)
+            wire = digest(key)
+            wanted = held(wire)
+            self._memo = (key, wire, wanted)
         now_ms = self._clock() * 1000
         if partition is not None:
             entries = self._entries.get(partition)
@@ -177,7 +185,11 @@ class CompactedTopicCache(DeduplicationCache):
         del value
         target = 0 if partition is None else partition
         memo = self._memo
-        key_digest = memo[1] if memo[0] is key else digest(key)
+        if memo[0] is key:
+            key_digest, key_held = memo[1], memo[2]
+        else:
+            key_digest = digest(key)
+            key_held = held(key_digest)
         expiry, wire = self._expiry_pair(
             self._clock() + (self.window if expire is None else expire)
         )
@@ -185,7 +197,7 @@ class CompactedTopicCache(DeduplicationCache):
         if outputs is not None and outputs.staged is not None:
             # exactly-once: written in the transaction that commits the message's offset
             outputs.stage(StagedRecord(self.topic, wire, key_digest, (), target))
-            self._remember(target, key_digest, expiry)
+            self._remember(target, key_held, expiry)
             return
         producer = self._producer or self._producer_client()
         while True:
@@ -207,29 +219,16 @@ class CompactedTopicCache(DeduplicationCache):
             written[target] = written.get(target, 0) + 1
             entries = self._writable.get(target)
             if entries is not None:
-                entries.map[key_digest] = expiry
-                recent = entries.recent
-                if recent[0] == expiry:
-                    recent[1].append(key_digest)
-                else:
-                    entries.add(key_digest, expiry)
+                entries.map[key_held] = expiry
         finally:
             self._lock.release()
 
-    def _remember(self, target: int, key_digest: bytes, expiry: int) -> None:
+    def _remember(self, target: int, key_held: int, expiry: int) -> None:
         """Hold an entry in memory if ``target`` is owned (its write is staged)."""
-        self._lock.acquire()
-        try:
+        with self._lock:
             entries = self._writable.get(target)
             if entries is not None:
-                entries.map[key_digest] = expiry
-                recent = entries.recent
-                if recent[0] == expiry:
-                    recent[1].append(key_digest)
-                else:
-                    entries.add(key_digest, expiry)
-        finally:
-            self._lock.release()
+                entries.map[key_held] = expiry
 
     def poll(self) -> None:
         """Serve delivery reports without waiting, and evict expired entries (bounded)."""
@@ -363,7 +362,6 @@ class CompactedTopicCache(DeduplicationCache):
                 raise
         finally:
             consumer.close()
-        self._owned.reindex(targets)
         return count, sorted(targets)
 
     def on_revoked(self, partitions: list[TopicPartition]) -> None:

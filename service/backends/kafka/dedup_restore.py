@@ -158,13 +158,14 @@ def check_partitions(
 def restore_partitions(
     consumer: Consumer,
     topic: str,
-    targets: Mapping[int, dict[bytes, int]],
+    targets: Mapping[int, dict[int, int]],
     now_ms: int,
     expiry_of: Callable[[int], int],
 ) -> int:
     """Read dedup partitions ``targets`` from the beginning to their current end.
 
-    Each record is applied to ``targets[its partition]`` (digest -> expiry): an unexpired
+    Each record is applied to ``targets[its partition]`` (digest as an int -> expiry, see
+    :class:`~service.dedup.entries.PartitionEntries`): an unexpired
     entry is set, an expired one or a tombstone removes its key. Records written after the
     end was taken may be applied too: they are valid entries. A partition is read once the
     consumer's position reaches the end taken at assignment (with ``read_committed``,
@@ -245,7 +246,7 @@ class _Loader:
     def __init__(
         self,
         topic: str,
-        targets: Mapping[int, dict[bytes, int]],
+        targets: Mapping[int, dict[int, int]],
         now_ms: int,
         expiry_of: Callable[[int], int],
     ) -> None:
@@ -260,11 +261,12 @@ class _Loader:
     def load(self, batch: list[Any]) -> None:
         """Apply ``batch`` (one ``consume()`` answer) in order."""
         count = 0
-        targets, expiries, now_ms, digest_size = (
+        targets, expiries, now_ms, digest_size, from_bytes = (
             self.targets,
             self.expiries,
             self.now_ms,
             DIGEST_SIZE,
+            int.from_bytes,
         )
         number, entries = -1, None
         for record in batch:
@@ -283,10 +285,10 @@ class _Loader:
             key = record.key()
             if key is not None and len(key) == digest_size:
                 if expiry > now_ms:
-                    entries[key] = expiry  # type: ignore[index]
+                    entries[from_bytes(key, "big")] = expiry  # type: ignore[index]
                     count += 1
                 else:  # expired, or a tombstone
-                    entries.pop(key, None)  # type: ignore[union-attr]
+                    entries.pop(from_bytes(key, "big"), None)  # type: ignore[union-attr]
             elif value is not None:  # a tombstone of a bad key has nothing to remove
                 self._skip(record, "key")
         self.count += count
