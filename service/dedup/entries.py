@@ -3,88 +3,78 @@
 from __future__ import annotations
 
 import threading
+from itertools import islice
 
 from service.backends.base import TopicPartition
 
 __all__ = ["OwnedPartitions", "PartitionEntries"]
 
-SWEEPS_PER_WINDOW = 64
-"""Eviction sweeps per window: an expired key leaves at most ``window / 64`` late (min. 1 s)."""
-
 
 class PartitionEntries:
-    """One dedup partition: :attr:`map` (digest -> expiry, epoch ms), swept for expired keys.
+    """One dedup partition: :attr:`map` (digest -> expiry, epoch ms) in the order written.
 
-    Eviction keeps no per-key structure: every ``interval_ms`` a sweep takes a snapshot of
-    the keys (a list, 8 bytes per key of this partition while the sweep lasts) and looks at
-    each against its expiry in :attr:`map`, a bounded number per :meth:`evict` call. So an
-    expired key leaves at most one interval (plus the sweep) late, and memory follows the
-    window rather than the uptime. A key added during a sweep is looked at by the next one;
-    a key re-added with a later expiry keeps the later one.
+    Every entry is written with an expiry of at most "now + window" (the store cuts longer
+    ones: the topic keeps entries for the window), and a key written again is moved to the
+    end, so the map's order (a ``dict`` keeps insertion order) is the order of expiry, but
+    for entries written with a shorter expiry and a second or so between writer threads.
+    :meth:`evict` therefore looks at the oldest entries only, and stops at the first one
+    not expired: each key is looked at about once, and nothing is kept per key for
+    eviction. An entry written with a shorter expiry than those written before it leaves
+    when they have left (its lookups still honour its own expiry); so does one a restore
+    read twice from the topic (kept at its first place, with its later expiry).
 
-    (Before 2026-12-02 each key was also listed in a bucket of its expiry: no key looked at
-    before it expired, but ~9 bytes more per key held, and ~0.2 s to bucket 1,000,000
-    restored keys. A sweep looks at each key ``window / interval`` times in its life,
-    ~40 ns each.)
+    (Until 2026-12-02 each key was also listed in a bucket of its expiry: ~9 bytes more per
+    key held, and ~0.2 s to bucket 1,000,000 restored keys. A first replacement swept every
+    key every ``window / 64``; under load the sweeps fell behind and expired keys piled up.)
 
     :attr:`map` is a plain ``dict`` of ints, which the garbage collector leaves untracked:
     millions of keys cost no collection time. Keys are the digests as ints (``int.from_bytes
     (digest, "big")``): a 16-byte digest is 44 bytes as an ``int``, 49 as ``bytes``.
 
-    Not thread-safe on its own: the owner serializes writes and :meth:`evict` (lookups in
-    :attr:`map` need no lock).
-
-    Args:
-        interval_ms: the time between two sweeps (:meth:`interval_for`).
+    Not thread-safe on its own: the owner serializes :meth:`put` and :meth:`evict` (lookups
+    in :attr:`map` need no lock).
 
     Attributes:
-        map: digest (as an int) -> expiry (epoch milliseconds).
+        map: digest (as an int) -> expiry (epoch milliseconds), oldest first.
     """
 
-    __slots__ = ("_interval", "_next_sweep", "_pending", "map")
+    __slots__ = ("map",)
 
-    def __init__(self, interval_ms: int) -> None:
+    def __init__(self) -> None:
         self.map: dict[int, int] = {}
-        self._interval = max(interval_ms, 1)
-        self._next_sweep = 0.0  # epoch ms before which no sweep starts
-        self._pending: list[int] = []  # keys the running sweep has still to look at
-
-    @staticmethod
-    def interval_for(window_ms: int) -> int:
-        """The time between sweeps for a window: ``window / 64``, at least a second."""
-        return max(1000, window_ms // SWEEPS_PER_WINDOW)
 
     def __len__(self) -> int:
         """Keys held, expired ones included until evicted."""
         return len(self.map)
 
-    def evict(self, now_ms: float, budget: int) -> int:
-        """Drop keys expired at ``now_ms``, looking at no more than ``budget`` keys.
+    def put(self, key: int, expiry: int) -> None:
+        """Hold ``key`` until ``expiry`` (epoch ms): at the end, as the newest entry.
 
-        Starts a sweep when none is running and one is due.
+        A key held already is moved (a lookup in between finds it absent: it is written
+        again only after a lookup found it absent or expired).
+        """
+        entries = self.map
+        if key in entries:
+            del entries[key]
+        entries[key] = expiry
+
+    def evict(self, now_ms: float, budget: int) -> int:
+        """Drop the oldest keys while they are expired at ``now_ms``; at most ``budget``.
 
         Returns:
-            How many keys were looked at: less than ``budget`` means this partition's sweep
-            is over (or none was due).
+            How many keys were dropped: less than ``budget`` means the oldest key left is
+            not expired (or none is left).
         """
-        pending, entries = self._pending, self.map
-        if not pending:
-            if now_ms < self._next_sweep or not entries:
-                return 0
-            pending = self._pending = list(entries)
-            self._next_sweep = now_ms + self._interval
-        taken = min(budget, len(pending))
-        for key in pending[-taken:]:
-            expiry = entries.get(key)
-            if expiry is not None and expiry <= now_ms:
-                del entries[key]
-        del pending[-taken:]
-        return taken
-
-    @property
-    def sweeping(self) -> int:
-        """Keys the running sweep has still to look at (0: no sweep running)."""
-        return len(self._pending)
+        entries = self.map
+        dropped = 0
+        # the dict's iterator skips the slots of keys deleted before (until the dict is
+        # resized): once per call, in C
+        for key in list(islice(entries, budget)):
+            if entries[key] > now_ms:
+                break
+            del entries[key]
+            dropped += 1
+        return dropped
 
 
 class OwnedPartitions:
@@ -94,23 +84,20 @@ class OwnedPartitions:
     input topic) is assigned. Only owned partitions have entries; they are created afresh
     when the partition becomes owned, never reused from before.
 
-    Args:
-        interval_ms: the time between eviction sweeps of every partition.
-
     Attributes:
-        lock: guards :attr:`partitions`, :attr:`maps`, the owners and every partition's
-            sweep; writers hold it (lookups in :attr:`maps` need no lock).
+        lock: guards :attr:`partitions`, :attr:`maps` and the owners; writers and eviction
+            hold it (lookups in :attr:`maps` need no lock).
         partitions: dedup partition -> its :class:`PartitionEntries` (for writers).
         maps: dedup partition -> its ``map`` (for lookups). Both dicts are the same
             objects for the whole life, so a hot path may keep references to them.
     """
 
-    def __init__(self, interval_ms: int) -> None:
-        self._interval = interval_ms
+    def __init__(self) -> None:
         self.lock = threading.Lock()
         self.partitions: dict[int, PartitionEntries] = {}
         self.maps: dict[int, dict[int, int]] = {}
         self._owners: dict[int, set[TopicPartition]] = {}
+        self._turn = 0  # which partition eviction starts with: each in turn
 
     def __len__(self) -> int:
         """Entries held, in every owned partition."""
@@ -133,7 +120,7 @@ class OwnedPartitions:
                     targets[number] = self.partitions[number]
                 else:
                     fresh.append(number)
-                    entries = targets[number] = PartitionEntries(self._interval)
+                    entries = targets[number] = PartitionEntries()
                     self.partitions[number] = entries
                     self.maps[number] = entries.map
                 owners.update(pair for pair in assigned if pair[1] == number)
@@ -156,17 +143,23 @@ class OwnedPartitions:
         return sorted(gone)
 
     def evict(self, now_ms: float, budget: int, chunk: int = 1000) -> int:
-        """Drop expired keys, looking at no more than ``budget`` keys; how many were seen.
+        """Drop expired keys, no more than ``budget``; how many were dropped.
 
-        The lock is held for ``chunk`` keys at a time, so writers wait little.
+        The lock is held for ``chunk`` keys at a time, so writers wait little; each call
+        starts with the next partition, so one with many expired keys does not take every
+        call's budget.
         """
+        partitions = list(self.partitions.values())
+        if not partitions:
+            return 0
+        self._turn = turn = (self._turn + 1) % len(partitions)
         left = budget
-        for entries in list(self.partitions.values()):
+        for entries in partitions[turn:] + partitions[:turn]:
             while left > 0:
                 wanted = min(left, chunk)
                 with self.lock:
-                    seen = entries.evict(now_ms, wanted)
-                left -= seen
-                if seen < wanted:
+                    dropped = entries.evict(now_ms, wanted)
+                left -= dropped
+                if dropped < wanted:
                     break
         return budget - left

@@ -150,6 +150,44 @@ def test_expired_entries_are_evicted_while_the_partition_stays_assigned(
     assert len(cache) == 0
 
 
+def test_eviction_keeps_up_with_a_busy_loop_in_every_partition(backend: KafkaBackend) -> None:
+    """A busy dispatcher polls once per 1000 messages: every partition still drops what
+    expired (a design that looked at every key each window / 64 fell behind here, and the
+    later partitions grew with the uptime)."""
+    clock = Clock()
+    partitions, window = 6, 64
+    topic = unique("dedup")
+    backend.declare_topic(topic, partitions=partitions)
+    cache = CompactedTopicCache(backend, topic, window=window, clock=clock)
+    cache.on_assigned([(IN, p) for p in range(partitions)])
+    peak = 0
+    for second in range(3 * window):  # 1000 messages a second, one poll per 1000
+        for i in range(1000):
+            name = f"tests.A.{second}.{i}"
+            cache.store(name, name, partition=i % partitions)
+        clock.now += 1
+        cache.poll()
+        peak = max(peak, len(cache))
+    assert peak <= 1000 * (window + 2)  # a window's entries, and at most a second late
+    assert f"tests.A.{3 * window - window // 2}.0" in cache
+    cache.wait(30)
+
+
+def test_an_expiry_longer_than_the_window_is_cut_to_the_window(backend: KafkaBackend) -> None:
+    clock = Clock()
+    cache = CompactedTopicCache(backend, unique("dedup"), window=60, clock=clock)
+    cache.on_assigned([(IN, 0)])
+    cache.store("long", "long", expire=3600, partition=0)  # the topic keeps it for 60 s only
+    cache.store("short", "short", expire=5, partition=0)
+    clock.now += 6
+    assert "long" in cache and "short" not in cache
+    clock.now += 55
+    assert "long" not in cache
+    cache.poll()
+    assert len(cache) == 0
+    cache.wait(10)
+
+
 # -- a dedup topic with fewer partitions than its input -------------------------------------
 def test_an_input_partition_beyond_the_dedup_topic_is_refused_naming_both_counts(
     backend: KafkaBackend,

@@ -10,71 +10,60 @@ import pytest
 
 from service import DeduplicationStoreError
 from service.backends.kafka.dedup import digest, held
-from service.dedup.entries import PartitionEntries
+from service.dedup.entries import OwnedPartitions, PartitionEntries
 from service.dedup.ledger import WriteLedger
 
 SECOND = 1000
 
 
 # -- PartitionEntries -----------------------------------------------------------------------
-def test_a_sweep_evicts_expired_keys_a_budget_at_a_time_and_keeps_the_rest() -> None:
-    entries = PartitionEntries(SECOND)
+def test_the_oldest_entries_leave_while_expired_a_budget_at_a_time() -> None:
+    entries = PartitionEntries()
     for i in range(2500):
-        entries.map[i] = 10 * SECOND + i % 3
-    entries.map[-1] = 20 * SECOND
-    assert entries.evict(10 * SECOND - 1, 1000) == 1000  # a sweep starts: nothing expired yet
-    assert entries.evict(10 * SECOND - 1, 2000) == 1501  # less than the budget: sweep over
-    assert len(entries) == 2501 and entries.sweeping == 0
-    assert entries.evict(11 * SECOND - 2, 1000) == 0  # the next sweep is due a second later
-    assert entries.evict(11 * SECOND, 1000) == 1000
-    assert entries.sweeping == 1501
-    assert len(entries) == 1502  # the sweep takes the last keys first: one is not expired
-    assert entries.evict(11 * SECOND, 1000) == 1000
-    assert entries.evict(11 * SECOND, 1000) == 501
+        entries.put(i, (10 + i // 1000) * SECOND)  # written in order of expiry: 10, 11, 12 s
+    entries.put(-1, 20 * SECOND)
+    assert entries.evict(10 * SECOND - 1, 1000) == 0  # the oldest is not expired yet
+    assert entries.evict(11 * SECOND, 700) == 700
+    assert entries.evict(11 * SECOND, 1000) == 1000  # 10 s and 11 s: 2000 in all
+    assert entries.evict(11 * SECOND, 1000) == 300  # less than the budget: none left due
+    assert len(entries) == 501
+    assert entries.evict(12 * SECOND, 1000) == 500
     assert list(entries.map) == [-1]
     assert entries.evict(21 * SECOND, 1000) == 1 and len(entries) == 0
-    assert entries.evict(30 * SECOND, 1000) == 0  # nothing held: no sweep
+    assert entries.evict(30 * SECOND, 1000) == 0
 
 
-def test_a_key_stored_again_with_a_later_expiry_is_kept_until_the_later_one() -> None:
-    entries = PartitionEntries(SECOND)
-    entries.map[7] = 5 * SECOND
-    entries.map[7] = 50 * SECOND
-    entries.evict(10 * SECOND, 100)
-    assert entries.map[7] == 50 * SECOND
+def test_a_key_written_again_moves_behind_the_others_with_its_later_expiry() -> None:
+    entries = PartitionEntries()
+    entries.put(7, 5 * SECOND)
+    entries.put(8, 6 * SECOND)
+    entries.put(7, 50 * SECOND)  # again, later: not left at its first place
+    assert list(entries.map) == [8, 7]
+    assert entries.evict(10 * SECOND, 100) == 1
+    assert entries.map == {7: 50 * SECOND}
     entries.evict(51 * SECOND, 100)
-    assert 7 not in entries.map
+    assert len(entries) == 0
 
 
-def test_keys_added_during_a_sweep_wait_for_the_next_one_and_removed_ones_are_skipped() -> None:
-    entries = PartitionEntries(SECOND)
-    for i in range(10):
-        entries.map[i] = SECOND
-    assert entries.evict(2 * SECOND, 4) == 4  # the snapshot holds the 10 keys
-    del entries.map[0]  # gone meanwhile (the partition's keys may change under a sweep)
-    entries.map[100] = SECOND  # expired, but added after the snapshot
-    assert entries.evict(2 * SECOND, 100) == 6
-    assert list(entries.map) == [100]
-    assert entries.evict(3 * SECOND, 100) == 1 and len(entries) == 0
+def test_an_entry_out_of_order_holds_up_only_until_it_expires() -> None:
+    entries = PartitionEntries()
+    entries.map[1] = 30 * SECOND  # a restore read this key twice: its first place, later expiry
+    entries.map[2] = 10 * SECOND
+    assert entries.evict(20 * SECOND, 100) == 0  # 2 is expired but waits behind 1
+    assert entries.evict(30 * SECOND, 100) == 2
 
 
-def test_an_expired_key_leaves_at_most_one_interval_late() -> None:
-    interval = PartitionEntries.interval_for(64 * 60 * SECOND)  # a minute
-    entries = PartitionEntries(interval)
-    entries.map[1] = 0
-    entries.evict(1, 100)  # a sweep at 1 ms: the next is due a minute later
-    entries.map[2] = 2  # expires right after that sweep
-    now = 2
-    while 2 in entries.map:
-        now += SECOND
-        entries.evict(now, 100)
-    assert now - 2 <= interval + SECOND
-
-
-def test_the_sweep_interval_follows_the_window() -> None:
-    assert PartitionEntries.interval_for(60 * SECOND) == SECOND
-    week = 7 * 24 * 3600 * SECOND
-    assert PartitionEntries.interval_for(week) == week // 64
+def test_eviction_gives_each_partition_its_turn() -> None:
+    owned = OwnedPartitions()
+    targets, _ = owned.take({("in", 0), ("in", 1)})
+    for number, entries in targets.items():
+        for i in range(5000):
+            entries.put(number * 10_000 + i, SECOND)
+    # 3000 a call: partition 0 has more than that to drop, yet partition 1 gets its turn
+    assert owned.evict(2 * SECOND, 3000) == 3000
+    assert owned.evict(2 * SECOND, 3000) == 3000
+    assert {number: len(entries) for number, entries in targets.items()} == {0: 2000, 1: 2000}
+    assert owned.evict(2 * SECOND, 10_000) == 4000 and len(owned) == 0
 
 
 def test_a_held_digest_is_an_int_smaller_than_its_bytes() -> None:
@@ -157,7 +146,7 @@ def test_a_refusal_is_dropped_when_its_partition_is_lost_and_others_stay() -> No
 
 
 def test_the_entries_cost_the_garbage_collector_nothing() -> None:
-    entries = PartitionEntries(SECOND)
+    entries = PartitionEntries()
     for i in range(1000):
         entries.map[held(i.to_bytes(16, "big"))] = 5 * SECOND
     gc.collect()

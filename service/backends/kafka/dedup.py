@@ -22,8 +22,9 @@ Contract (a :class:`~service.backends.base.SubscriptionListener` and a
   partition is lost, or revoked and the rebalance ends: the new owner redelivers. A crash
   repeats a consumer only between its success and the confirmation of its entry.
 * Memory: a digest (as an int) and a shared expiry per key, in owned partitions only;
-  expired keys are evicted by sweeps from :meth:`poll`, a bounded number at a time, at most
-  ``window / 64`` (min. 1 s) late, so memory follows the window.
+  expired keys are evicted oldest first from :meth:`poll` (about a second late, a bounded
+  number at a time; see :class:`~service.dedup.entries.PartitionEntries`), so memory
+  follows the window.
 * Threads: :meth:`store` and :meth:`get` may run on worker threads; listener and gate
   methods and :meth:`poll` run on the polling thread.
 * A record that does not parse is skipped with a warning; a missing topic, a refused
@@ -51,7 +52,7 @@ from service.backends.kafka.dedup_restore import (
 )
 from service.backends.outputs import StagedRecord, current_outputs
 from service.dedup.base import DeduplicationCache
-from service.dedup.entries import OwnedPartitions, PartitionEntries
+from service.dedup.entries import OwnedPartitions
 from service.dedup.ledger import WriteLedger
 from service.errors import ConfigurationError, DeduplicationStoreError
 
@@ -63,8 +64,8 @@ __all__ = ["CompactedTopicCache"]
 logger = logging.getLogger(__name__)
 
 WEEK = 7 * 24 * 3600.0
-SWEEP_INTERVAL = 1.0  # seconds between eviction sweeps while nothing is left over
-SWEEP_BUDGET = 10_000  # keys one poll() looks at, at most
+SWEEP_INTERVAL = 1.0  # seconds between evictions while nothing expired is left over
+SWEEP_BUDGET = 10_000  # expired keys one poll() drops, at most
 
 
 def digest(key: str) -> bytes:
@@ -108,7 +109,7 @@ class CompactedTopicCache(DeduplicationCache):
         self.window = window
         self._backend = backend
         self._clock = clock
-        self._owned = OwnedPartitions(PartitionEntries.interval_for(int(window * 1000)))
+        self._owned = OwnedPartitions()
         self._entries = self._owned.maps  # owned dedup partitions only, for lookups
         self._writable = self._owned.partitions  # the same, for writes
         self._lock = self._owned.lock  # also the ledger's: one acquisition per store
@@ -176,8 +177,10 @@ class CompactedTopicCache(DeduplicationCache):
     ) -> None:
         """Write the entry of ``key`` to dedup partition ``partition``; hold it if owned.
 
-        The write is confirmed asynchronously (see :meth:`ticket`). A partition this member
-        does not own (revoked or lost while the consumer ran) gets the write but no memory.
+        It expires after ``expire`` seconds, at most the window (the topic keeps entries
+        for the window, its ``retention.ms``), by default the window. The write is
+        confirmed asynchronously (see :meth:`ticket`). A partition this member does not own
+        (revoked or lost while the consumer ran) gets the write but no memory.
 
         Raises:
             DeduplicationStoreError: the record could not be queued.
@@ -191,7 +194,7 @@ class CompactedTopicCache(DeduplicationCache):
             key_digest = digest(key)
             key_held = held(key_digest)
         expiry, wire = self._expiry_pair(
-            self._clock() + (self.window if expire is None else expire)
+            self._clock() + (self.window if expire is None else min(expire, self.window))
         )
         outputs = current_outputs()
         if outputs is not None and outputs.staged is not None:
@@ -219,7 +222,7 @@ class CompactedTopicCache(DeduplicationCache):
             written[target] = written.get(target, 0) + 1
             entries = self._writable.get(target)
             if entries is not None:
-                entries.map[key_held] = expiry
+                entries.put(key_held, expiry)
         finally:
             self._lock.release()
 
@@ -228,7 +231,7 @@ class CompactedTopicCache(DeduplicationCache):
         with self._lock:
             entries = self._writable.get(target)
             if entries is not None:
-                entries.map[key_held] = expiry
+                entries.put(key_held, expiry)
 
     def poll(self) -> None:
         """Serve delivery reports without waiting, and evict expired entries (bounded)."""
@@ -409,10 +412,10 @@ class CompactedTopicCache(DeduplicationCache):
             self._lock.release()
 
     def _sweep(self, now: float) -> None:
-        """Evict expired entries, looking at no more than ``SWEEP_BUDGET`` keys."""
-        seen = self._owned.evict(now * 1000, SWEEP_BUDGET)
+        """Evict expired entries, no more than ``SWEEP_BUDGET``."""
+        dropped = self._owned.evict(now * 1000, SWEEP_BUDGET)
         # budget spent: more may be due, so sweep again on the next poll
-        self._next_sweep = now if seen >= SWEEP_BUDGET else now + SWEEP_INTERVAL
+        self._next_sweep = now if dropped >= SWEEP_BUDGET else now + SWEEP_INTERVAL
 
     def _expiry(self, millis: int) -> int:
         return self._expiry_pair(millis / 1000)[0]

@@ -164,8 +164,8 @@ def restore_partitions(
 ) -> int:
     """Read dedup partitions ``targets`` from the beginning to their current end.
 
-    Each record is applied to ``targets[its partition]`` (digest as an int -> expiry, see
-    :class:`~service.dedup.entries.PartitionEntries`): an unexpired
+    Each record is applied to ``targets[its partition]`` (digest as an int -> expiry, in
+    the order read, see :class:`~service.dedup.entries.PartitionEntries`): an unexpired
     entry is set, an expired one or a tombstone removes its key. Records written after the
     end was taken may be applied too: they are valid entries. A partition is read once the
     consumer's position reaches the end taken at assignment (with ``read_committed``,
