@@ -54,8 +54,7 @@ class PartitionEntries:
         again only after a lookup found it absent or expired).
         """
         entries = self.map
-        if key in entries:
-            del entries[key]
+        entries.pop(key, None)
         entries[key] = expiry
 
     def evict(self, now_ms: float, budget: int) -> int:
