@@ -243,7 +243,9 @@ def test_members_joining_and_leaving_mid_stream_output_once(kafka_bootstrap: str
     (ILLEGAL_GENERATION) and the member rewinds *every* partition it holds, so handlers of
     the uncommitted window run again (not a loss nor a duplicate output; counted below).
     """
-    queue, total = unique("eos-rebal"), 1200
+    # enough that the third member still finds work after two rebalances on a loaded
+    # machine (with 1200, a full `make test` once timed out waiting for its 20th)
+    queue, total = unique("eos-rebal"), 2400
     output = f"{queue}.out"
     setup = kafka_backend(kafka_bootstrap, partitions=3)
     setup.declare_queue(queue)
