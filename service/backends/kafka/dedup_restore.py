@@ -63,6 +63,7 @@ than offsets) waits this out once at its end. (With 10,000 and 0.5 s every resto
 waited 0.5 s at its end: a restore of 1,000 keys took ~0.51 s, now ~0.02 s.)"""
 # a topic just created has no leader for a moment
 _PASSING_CODES = TRANSIENT_CODES | {KafkaError.UNKNOWN_TOPIC_OR_PART}
+_UNKNOWN_LOCALLY = frozenset({KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC})
 PATIENCE = 300.0
 """Seconds a restore keeps trying while the brokers cannot be reached (an outage, a member
 frozen mid-restore): broker errors are retried while they last, as everywhere else; past
@@ -216,7 +217,12 @@ def restore_partitions(
 
 
 def _watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
-    """The partition's low and high offsets, retrying what passes (a new topic, an outage)."""
+    """The partition's low and high offsets, retrying what passes (a new topic, an outage).
+
+    The partition was found in the topic's metadata just before (:func:`check_partitions`),
+    so librdkafka's own "unknown partition / topic" here is its metadata cache emptied by
+    an outage (seen once when a broker came back mid-restore), retried like one.
+    """
     deadline = time.monotonic() + PATIENCE
     while True:
         try:
@@ -225,7 +231,9 @@ def _watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, in
             )
             return low, high
         except KafkaException as exc:
-            if _passing(exc) and time.monotonic() < deadline:
+            error = exc.args[0] if exc.args else None
+            unknown = isinstance(error, KafkaError) and error.code() in _UNKNOWN_LOCALLY
+            if (unknown or _passing(exc)) and time.monotonic() < deadline:
                 time.sleep(0.2)
                 continue
             raise DeduplicationStoreError(
