@@ -106,9 +106,10 @@ class OwnedPartitions:
         """Own ``assigned``.
 
         Returns:
-            The partitions to restore into, by dedup partition (fresh unless the partition
-            stays owned through another input topic, whose entries are kept), and the
-            dedup partitions that start afresh.
+            The entries of the dedup partitions of ``assigned`` (fresh unless the
+            partition stays owned through another input topic: its entries are kept; a
+            restore adds the topic's with :meth:`adopt`), and the dedup partitions that
+            start afresh.
         """
         fresh: list[int] = []
         targets: dict[int, PartitionEntries] = {}
@@ -124,6 +125,36 @@ class OwnedPartitions:
                     self.maps[number] = entries.map
                 owners.update(pair for pair in assigned if pair[1] == number)
         return targets, fresh
+
+    def adopt(self, number: int, restored: dict[int, int], chunk: int = 10_000) -> None:
+        """Add the entries a restore read for dedup partition ``number`` (if still owned).
+
+        A restore reads into a map of its own, never into the live one: workers may hold
+        entries in an owned partition meanwhile (one kept through another input topic),
+        and the topic's older records of their keys (expired ones, tombstones) must not
+        remove them. An empty live map takes ``restored`` as it is (a fresh partition: no
+        copy); otherwise each restored key is added at the end unless the live map holds
+        it with a later expiry (moved to the end if it was held with an earlier one),
+        ``chunk`` keys per hold of the lock. Restored keys so added
+        behind newer ones leave when those have left (see :class:`PartitionEntries`).
+        """
+        items = iter(restored.items())
+        while True:
+            with self.lock:
+                entries = self.partitions.get(number)
+                if entries is None:
+                    return
+                live = entries.map
+                if not live:
+                    entries.map = self.maps[number] = restored
+                    return
+                batch = list(islice(items, chunk))
+                for key, expiry in batch:
+                    if live.get(key, 0) < expiry:
+                        live.pop(key, None)
+                        live[key] = expiry
+            if len(batch) < chunk:
+                return
 
     def release(self, partitions: set[TopicPartition]) -> list[int]:
         """Stop owning ``partitions``; the dedup partitions no longer owned (entries dropped)."""

@@ -9,13 +9,15 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer as RawConsumer
 
 from service import DeduplicationStoreError
 from service.backends.kafka import KafkaBackend
-from service.backends.kafka.dedup import CompactedTopicCache
+from service.backends.kafka import dedup as dedup_module
+from service.backends.kafka.dedup import CompactedTopicCache, digest, held
 from tests.kafka_helpers import kafka_backend, unique
 
 pytestmark = pytest.mark.integration
@@ -124,6 +126,33 @@ def test_a_dedup_partition_shared_by_two_input_topics_stays_until_both_go(
     assert [k for k in [*keys(0, 3), *keys(10, 12)] if k not in a] == []
     a.on_lost([("one", 0), ("two", 0)])
     assert len(a) == 0
+
+
+def test_a_restore_into_a_kept_partition_never_removes_what_a_worker_holds(
+    backend: KafkaBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """one[0] is owned while two[0] is assigned: its restore runs beside the workers of
+    one[0]. The topic's old, expired record of a key must not remove the entry a worker
+    holds for it (its own record lands after the end the restore reads to)."""
+    topic, clock = unique("dedup"), Clock()
+    old = CompactedTopicCache(backend, topic, window=60, clock=clock)
+    old.on_assigned([("one", 0)])
+    store_all(old, ["k", "gone"])  # expire at now + 60
+    clock.now += 100
+    cache = CompactedTopicCache(backend, topic, window=60, clock=clock)
+    cache.on_assigned([("one", 0)])
+    assert "k" not in cache and "gone" not in cache
+    real = dedup_module.restore_partitions
+
+    def worker_stores_during_the_restore(*args: Any) -> int:
+        # what a worker of one[0] does while the restore reads: holds k (a lookup found it
+        # absent), its record not yet in the range being read
+        cache._owned.partitions[0].put(held(digest("k")), int((clock.now + 60) * 1000))
+        return real(*args)
+
+    monkeypatch.setattr(dedup_module, "restore_partitions", worker_stores_during_the_restore)
+    cache.on_assigned([("two", 0)])
+    assert "k" in cache and "gone" not in cache
 
 
 # -- expired entries leave memory while the partition stays assigned ------------------------

@@ -151,3 +151,37 @@ def test_the_entries_cost_the_garbage_collector_nothing() -> None:
         entries.map[held(i.to_bytes(16, "big"))] = 5 * SECOND
     gc.collect()
     assert not gc.is_tracked(entries.map)  # never traversed by a collection
+
+
+def test_a_fresh_partition_adopts_the_restored_map_as_it_is() -> None:
+    owned = OwnedPartitions()
+    owned.take({("in", 0)})
+    restored = {1: 5 * SECOND, 2: 6 * SECOND}
+    owned.adopt(0, restored)
+    assert owned.maps[0] is restored and owned.partitions[0].map is restored
+    owned.partitions[0].put(3, 7 * SECOND)  # writers and lookups see the same map
+    assert owned.maps[0] == {1: 5 * SECOND, 2: 6 * SECOND, 3: 7 * SECOND}
+
+
+def test_a_kept_partition_keeps_its_live_entries_and_the_later_expiry() -> None:
+    owned = OwnedPartitions()
+    owned.take({("one", 0)})
+    live = owned.partitions[0]
+    live.put(2, 5 * SECOND)
+    live.put(1, 50 * SECOND)  # a worker's entry, newer than the topic's record of key 1
+    kept, fresh = owned.take({("two", 0)})
+    assert fresh == [] and kept[0] is live
+    # the restore read key 2 with a later expiry (another member wrote it again), key 1
+    # with an earlier one, and keys 3 and 4: chunks of 2 keys per hold of the lock
+    owned.adopt(0, {1: 10 * SECOND, 2: 20 * SECOND, 3: 30 * SECOND, 4: 40 * SECOND}, chunk=2)
+    assert live.map == {1: 50 * SECOND, 2: 20 * SECOND, 3: 30 * SECOND, 4: 40 * SECOND}
+    assert list(live.map) == [1, 2, 3, 4]  # 2 moved behind 1: the map stays in expiry order
+    assert owned.maps[0] is live.map
+
+
+def test_a_partition_released_during_its_restore_adopts_nothing() -> None:
+    owned = OwnedPartitions()
+    owned.take({("in", 0)})
+    owned.release({("in", 0)})
+    owned.adopt(0, {1: SECOND})
+    assert owned.maps == {} and len(owned) == 0

@@ -358,8 +358,11 @@ class CompactedTopicCache(DeduplicationCache):
                 if self._producer is not None:  # our writes reach the topic before its end
                     self._producer.flush(self._backend.dead_letter_timeout)
                 now_ms = int(self._clock() * 1000)
-                maps = {number: entries.map for number, entries in targets.items()}
+                # read into maps of its own: see OwnedPartitions.adopt
+                maps: dict[int, dict[int, int]] = {number: {} for number in targets}
                 count = restore_partitions(consumer, self.topic, maps, now_ms, self._expiry)
+                for number, restored in maps.items():
+                    self._owned.adopt(number, restored)
             except BaseException:
                 self._release(assigned, lost=True)
                 raise
