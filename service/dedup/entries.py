@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from itertools import islice
 
 from service.backends.base import TopicPartition
@@ -135,8 +136,9 @@ class OwnedPartitions:
         remove them. An empty live map takes ``restored`` as it is (a fresh partition: no
         copy); otherwise each restored key is added at the end unless the live map holds
         it with a later expiry (moved to the end if it was held with an earlier one),
-        ``chunk`` keys per hold of the lock. Restored keys so added
-        behind newer ones leave when those have left (see :class:`PartitionEntries`).
+        ``chunk`` keys per hold of the lock, yielding to waiting writers between chunks.
+        Restored keys so added behind newer ones leave when those have left (see
+        :class:`PartitionEntries`).
         """
         items = iter(restored.items())
         while True:
@@ -155,6 +157,9 @@ class OwnedPartitions:
                         live[key] = expiry
             if len(batch) < chunk:
                 return
+            # let a waiting writer take the lock (threading.Lock is not fair: without
+            # this the next chunk took it again in the same time slice, ~60-280 ms waits)
+            time.sleep(0)
 
     def release(self, partitions: set[TopicPartition]) -> list[int]:
         """Stop owning ``partitions``; the dedup partitions no longer owned (entries dropped)."""
