@@ -103,29 +103,25 @@ class OwnedPartitions:
         """Entries held, in every owned partition."""
         return sum(len(entries) for entries in list(self.maps.values()))
 
-    def take(self, assigned: set[TopicPartition]) -> tuple[dict[int, PartitionEntries], list[int]]:
+    def take(self, assigned: set[TopicPartition]) -> tuple[list[int], list[int]]:
         """Own ``assigned``.
 
         Returns:
-            The entries of the dedup partitions of ``assigned`` (fresh unless the
-            partition stays owned through another input topic: its entries are kept; a
-            restore adds the topic's with :meth:`adopt`), and the dedup partitions that
-            start afresh.
+            The dedup partitions of ``assigned``, and those of them that start afresh
+            (empty); the others stay owned through another input topic and keep their
+            entries. A restore adds the topic's to both with :meth:`adopt`.
         """
+        numbers = sorted({p for _, p in assigned})
         fresh: list[int] = []
-        targets: dict[int, PartitionEntries] = {}
         with self.lock:
-            for number in sorted({p for _, p in assigned}):
+            for number in numbers:
                 owners = self._owners.setdefault(number, set())
-                if owners - assigned:
-                    targets[number] = self.partitions[number]
-                else:
+                if not owners - assigned:
                     fresh.append(number)
-                    entries = targets[number] = PartitionEntries()
-                    self.partitions[number] = entries
+                    entries = self.partitions[number] = PartitionEntries()
                     self.maps[number] = entries.map
                 owners.update(pair for pair in assigned if pair[1] == number)
-        return targets, fresh
+        return numbers, fresh
 
     def adopt(self, number: int, restored: dict[int, int], chunk: int = 10_000) -> None:
         """Add the entries a restore read for dedup partition ``number`` (if still owned).

@@ -155,6 +155,36 @@ def test_a_restore_into_a_kept_partition_never_removes_what_a_worker_holds(
     assert "k" in cache and "gone" not in cache
 
 
+def test_a_failed_restore_adopts_nothing_and_keeps_the_kept_partitions_entries(
+    backend: KafkaBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic, clock = unique("dedup"), Clock()
+    cache = CompactedTopicCache(backend, topic, window=60, clock=clock, partitions=3)
+    cache.on_assigned([("one", 0), ("one", 1)])
+    store_all(cache, ["a", "b"], partition=0)
+    store_all(cache, ["c"], partition=1)
+    real = dedup_module.restore_partitions
+
+    def read_then_fail(*args: Any) -> int:
+        real(*args)
+        for restored in args[2].values():  # what it read must never be adopted
+            restored[12345] = int((clock.now + 60) * 1000)
+        raise DeduplicationStoreError("the restore failed midway")
+
+    monkeypatch.setattr(dedup_module, "restore_partitions", read_then_fail)
+    with pytest.raises(DeduplicationStoreError):
+        cache.on_assigned([("two", 0), ("two", 2)])
+    assert cache.is_ready and len(cache) == 3 and all(k in cache for k in "abc")
+    assert sorted(cache._owned.partitions) == [0, 1]  # two[*] released, one[*] kept
+    monkeypatch.setattr(dedup_module, "restore_partitions", real)
+    cache.on_assigned([("two", 0), ("two", 2)])  # tried again: kept 0 merged, 2 fresh
+    assert sorted(cache._owned.partitions) == [0, 1, 2] and len(cache) == 3
+    cache.on_revoked([("one", 0)])
+    assert "a" in cache  # still owned through two[0]
+    cache.on_revoked([("two", 0)])
+    assert "a" not in cache and "c" in cache
+
+
 # -- expired entries leave memory while the partition stays assigned ------------------------
 def test_expired_entries_are_evicted_while_the_partition_stays_assigned(
     backend: KafkaBackend,

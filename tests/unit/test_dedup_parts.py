@@ -55,7 +55,8 @@ def test_an_entry_out_of_order_holds_up_only_until_it_expires() -> None:
 
 def test_eviction_gives_each_partition_its_turn() -> None:
     owned = OwnedPartitions()
-    targets, _ = owned.take({("in", 0), ("in", 1)})
+    numbers, _ = owned.take({("in", 0), ("in", 1)})
+    targets = {number: owned.partitions[number] for number in numbers}
     for number, entries in targets.items():
         for i in range(5000):
             entries.put(number * 10_000 + i, SECOND)
@@ -169,8 +170,8 @@ def test_a_kept_partition_keeps_its_live_entries_and_the_later_expiry() -> None:
     live = owned.partitions[0]
     live.put(2, 5 * SECOND)
     live.put(1, 50 * SECOND)  # a worker's entry, newer than the topic's record of key 1
-    kept, fresh = owned.take({("two", 0)})
-    assert fresh == [] and kept[0] is live
+    numbers, fresh = owned.take({("two", 0)})
+    assert numbers == [0] and fresh == [] and owned.partitions[0] is live
     # the restore read key 2 with a later expiry (another member wrote it again), key 1
     # with an earlier one, and keys 3 and 4: chunks of 2 keys per hold of the lock
     owned.adopt(0, {1: 10 * SECOND, 2: 20 * SECOND, 3: 30 * SECOND, 4: 40 * SECOND}, chunk=2)

@@ -352,14 +352,14 @@ class CompactedTopicCache(DeduplicationCache):
             self._topic_partitions = check_partitions(
                 consumer, self.topic, self._topic_partitions, assigned
             )
-            targets, fresh = self._owned.take(assigned)
+            numbers, fresh = self._owned.take(assigned)
             self._ledger.forget(fresh)
             try:
                 if self._producer is not None:  # our writes reach the topic before its end
                     self._producer.flush(self._backend.dead_letter_timeout)
                 now_ms = int(self._clock() * 1000)
                 # read into maps of its own: see OwnedPartitions.adopt
-                maps: dict[int, dict[int, int]] = {number: {} for number in targets}
+                maps: dict[int, dict[int, int]] = {number: {} for number in numbers}
                 count = restore_partitions(consumer, self.topic, maps, now_ms, self._expiry)
                 for number, restored in maps.items():
                     self._owned.adopt(number, restored)
@@ -368,7 +368,7 @@ class CompactedTopicCache(DeduplicationCache):
                 raise
         finally:
             consumer.close()
-        return count, sorted(targets)
+        return count, numbers
 
     def on_revoked(self, partitions: list[TopicPartition]) -> None:
         """Drop the entries of dedup partitions no assigned input partition needs any more.

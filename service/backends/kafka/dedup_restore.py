@@ -63,16 +63,20 @@ than offsets) waits this out once at its end. (With 10,000 and 0.5 s every resto
 waited 0.5 s at its end: a restore of 1,000 keys took ~0.51 s, now ~0.02 s.)"""
 # a topic just created has no leader for a moment
 _PASSING_CODES = TRANSIENT_CODES | {KafkaError.UNKNOWN_TOPIC_OR_PART}
-_UNKNOWN_LOCALLY = frozenset({KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC})
+# the watermark read also passes librdkafka's own "unknown partition / topic" (_watermarks)
+_WATERMARK_PASSING_CODES = _PASSING_CODES | {
+    KafkaError._UNKNOWN_PARTITION,
+    KafkaError._UNKNOWN_TOPIC,
+}
 PATIENCE = 300.0
 """Seconds a restore keeps trying while the brokers cannot be reached (an outage, a member
 frozen mid-restore): broker errors are retried while they last, as everywhere else; past
 this the member stops loudly and a restart tries again."""
 
 
-def _passing(exc: KafkaException) -> bool:
+def _passing(exc: KafkaException, codes: frozenset[int] = _PASSING_CODES) -> bool:
     error = exc.args[0] if exc.args else None
-    return isinstance(error, KafkaError) and error.code() in _PASSING_CODES
+    return isinstance(error, KafkaError) and error.code() in codes
 
 
 def partition_counts(consumer: Consumer, topics: Iterable[str]) -> dict[str, int]:
@@ -231,9 +235,7 @@ def _watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, in
             )
             return low, high
         except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            unknown = isinstance(error, KafkaError) and error.code() in _UNKNOWN_LOCALLY
-            if (unknown or _passing(exc)) and time.monotonic() < deadline:
+            if _passing(exc, _WATERMARK_PASSING_CODES) and time.monotonic() < deadline:
                 time.sleep(0.2)
                 continue
             raise DeduplicationStoreError(
